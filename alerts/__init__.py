@@ -1,0 +1,1 @@
+"""driftline alerts: rule engine, retrain events and webhook delivery (filled in by the alerts work)."""

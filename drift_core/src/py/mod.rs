@@ -1,0 +1,924 @@
+//! The binding layer: converts arguments, releases the GIL, maps errors. No logic here.
+
+use std::sync::Arc;
+
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use crate::compare::{self as cmp, CategoricalComparison, NumericComparison};
+use crate::error::DriftError;
+use crate::sketch::categorical as cat;
+use crate::sketch::numeric as num;
+use crate::sketch::quantile as qs;
+
+create_exception!(_drift_core, DriftlineError, PyException, "Root of every driftline error.");
+create_exception!(_drift_core, DriftCoreError, DriftlineError, "An error raised by drift_core.");
+create_exception!(
+    _drift_core,
+    InvalidInputError,
+    DriftCoreError,
+    "Values or parameters drift_core cannot use (empty, all missing, wrong type, out of range)."
+);
+create_exception!(
+    _drift_core,
+    ReferenceMismatchError,
+    DriftCoreError,
+    "A sketch used with a reference (or merged with a sketch) it was not made for."
+);
+create_exception!(
+    _drift_core,
+    DecodeError,
+    DriftCoreError,
+    "Bytes that are not a valid profile or sketch of this format version."
+);
+
+impl From<DriftError> for PyErr {
+    fn from(e: DriftError) -> PyErr {
+        match e {
+            DriftError::InvalidInput(m) => InvalidInputError::new_err(m),
+            DriftError::Mismatch(m) => ReferenceMismatchError::new_err(m),
+            DriftError::Decode(m) => DecodeError::new_err(m),
+        }
+    }
+}
+
+/// Below this many values the GIL round trip costs more than it frees.
+const DETACH_MIN: usize = 1 << 14;
+
+/// Runs `f` without the GIL when the work is large enough to matter.
+fn detach_if<T: Send, F: FnOnce() -> T + Send>(py: Python<'_>, size: usize, f: F) -> T {
+    if size >= DETACH_MIN {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
+/// Views `values` as a 1-D float64 array: zero-copy for contiguous float64, else one
+/// `np.ascontiguousarray(values, dtype=np.float64)` for numbers (bool, int, float,
+/// object holding numbers or None).
+fn as_f64_1d<'py>(values: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, f64>> {
+    if let Ok(a) = values.extract::<PyReadonlyArray1<'py, f64>>() {
+        if a.is_contiguous() {
+            return Ok(a);
+        }
+    }
+    let py = values.py();
+    let np = py.import("numpy")?;
+    let arr = np.call_method1("asarray", (values,)).map_err(|e| {
+        InvalidInputError::new_err(format!("values must be array-like numbers: {e}"))
+    })?;
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    if !matches!(kind.as_str(), "b" | "i" | "u" | "f" | "O") {
+        let dtype = arr.getattr("dtype")?.str()?.to_string();
+        return Err(InvalidInputError::new_err(format!(
+            "values must be numbers (NaN or None for missing), got an array of dtype {dtype}; \
+             use a categorical reference for strings"
+        )));
+    }
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("dtype", np.getattr("float64")?)?;
+    let conv = np
+        .call_method("ascontiguousarray", (arr,), Some(&kwargs))
+        .map_err(|e| {
+            InvalidInputError::new_err(format!(
+                "values must be numbers (NaN or None for missing): {e}"
+            ))
+        })?;
+    let ndim: usize = conv.getattr("ndim")?.extract()?;
+    if ndim != 1 {
+        return Err(InvalidInputError::new_err(format!(
+            "values must be a 1-D array, got {ndim} dimensions"
+        )));
+    }
+    Ok(conv.extract::<PyReadonlyArray1<'py, f64>>()?)
+}
+
+/// Iterates a sequence of categories: str, None / NaN (missing), or anything else by str().
+fn for_each_category<'py>(
+    values: &Bound<'py, PyAny>,
+    mut f: impl FnMut(Option<&str>),
+) -> PyResult<()> {
+    if values.is_instance_of::<PyString>() || values.is_instance_of::<PyBytes>() {
+        return Err(InvalidInputError::new_err(
+            "values must be a sequence of categories, not a single string",
+        ));
+    }
+    let iter = values.try_iter().map_err(|_| {
+        InvalidInputError::new_err(format!(
+            "values must be an iterable of categories, got {}",
+            values.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    for item in iter {
+        let item = item?;
+        if item.is_none() {
+            f(None);
+        } else if let Ok(s) = item.cast::<PyString>() {
+            f(Some(s.to_str()?));
+        } else if let Ok(x) = item.extract::<f64>() {
+            if x.is_nan() {
+                f(None);
+            } else {
+                f(Some(item.str()?.to_str()?));
+            }
+        } else {
+            f(Some(item.str()?.to_str()?));
+        }
+    }
+    Ok(())
+}
+
+fn hex(fp: u64) -> String {
+    format!("{fp:016x}")
+}
+
+// ---------------------------------------------------------------------------- references
+
+/// Profile of a numeric feature's reference distribution.
+#[pyclass(module = "drift_core._drift_core", frozen)]
+pub struct NumericReference {
+    inner: Arc<num::NumericReference>,
+}
+
+#[pymethods]
+impl NumericReference {
+    #[staticmethod]
+    #[pyo3(signature = (values, bins = num::DEFAULT_BINS, psi_bins = num::DEFAULT_PSI_BINS))]
+    fn build(values: &Bound<'_, PyAny>, bins: usize, psi_bins: usize) -> PyResult<Self> {
+        let arr = as_f64_1d(values)?;
+        let slice = arr.as_slice()?;
+        let inner = detach_if(values.py(), slice.len(), || {
+            num::NumericReference::build(slice, bins, psi_bins)
+        })?;
+        Ok(NumericReference {
+            inner: Arc::new(inner),
+        })
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Self> {
+        Ok(NumericReference {
+            inner: Arc::new(num::NumericReference::from_bytes(data)?),
+        })
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let from = slf.get_type().getattr("from_bytes")?;
+        Ok((from, (slf.get().to_bytes(slf.py()),)))
+    }
+
+    #[getter]
+    fn kind(&self) -> &'static str {
+        "numeric"
+    }
+    #[getter]
+    fn bins(&self) -> u32 {
+        self.inner.bins()
+    }
+    #[getter]
+    fn psi_bins(&self) -> u32 {
+        self.inner.psi_bins()
+    }
+    #[getter]
+    fn edges<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_slice(py, self.inner.edges())
+    }
+    #[getter]
+    fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, self.inner.counts())
+    }
+    #[getter]
+    fn psi_edges<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_slice(py, self.inner.psi_edges())
+    }
+    #[getter]
+    fn psi_counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, self.inner.psi_counts())
+    }
+    #[getter]
+    fn n(&self) -> u64 {
+        self.inner.n()
+    }
+    #[getter]
+    fn missing(&self) -> u64 {
+        self.inner.missing()
+    }
+    #[getter]
+    fn ks_bound(&self) -> f64 {
+        self.inner.ks_bound()
+    }
+    #[getter]
+    fn min(&self) -> f64 {
+        self.inner.moments().min
+    }
+    #[getter]
+    fn max(&self) -> f64 {
+        self.inner.moments().max
+    }
+    #[getter]
+    fn mean(&self) -> f64 {
+        self.inner.moments().mean_std(self.inner.n()).0
+    }
+    #[getter]
+    fn std(&self) -> f64 {
+        self.inner.moments().mean_std(self.inner.n()).1
+    }
+    #[getter]
+    fn fingerprint(&self) -> String {
+        hex(self.inner.fingerprint())
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<NumericReference>()
+            .map(|o| o.get().inner.to_bytes() == self.inner.to_bytes())
+            .unwrap_or(false)
+    }
+    fn __hash__(&self) -> u64 {
+        self.inner.fingerprint()
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "NumericReference(n={}, missing={}, bins={}, psi_bins={}, fingerprint='{}')",
+            self.inner.n(),
+            self.inner.missing(),
+            self.inner.counts().len(),
+            self.inner.psi_counts().len(),
+            hex(self.inner.fingerprint())
+        )
+    }
+}
+
+/// Profile of a categorical feature's reference distribution.
+#[pyclass(module = "drift_core._drift_core", frozen)]
+pub struct CategoricalReference {
+    inner: Arc<cat::CategoricalReference>,
+}
+
+#[pymethods]
+impl CategoricalReference {
+    #[staticmethod]
+    #[pyo3(signature = (values, max_categories = cat::DEFAULT_MAX_CATEGORIES))]
+    fn build(values: &Bound<'_, PyAny>, max_categories: usize) -> PyResult<Self> {
+        let mut owned: Vec<Option<String>> = Vec::new();
+        for_each_category(values, |v| owned.push(v.map(str::to_owned)))?;
+        let inner = cat::CategoricalReference::build(
+            owned.iter().map(|v| v.as_deref()),
+            max_categories,
+        )?;
+        Ok(CategoricalReference {
+            inner: Arc::new(inner),
+        })
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Self> {
+        Ok(CategoricalReference {
+            inner: Arc::new(cat::CategoricalReference::from_bytes(data)?),
+        })
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let from = slf.get_type().getattr("from_bytes")?;
+        Ok((from, (slf.get().to_bytes(slf.py()),)))
+    }
+
+    #[getter]
+    fn kind(&self) -> &'static str {
+        "categorical"
+    }
+    #[getter]
+    fn categories(&self) -> Vec<String> {
+        self.inner.categories().to_vec()
+    }
+    #[getter]
+    fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, self.inner.counts())
+    }
+    #[getter]
+    fn n(&self) -> u64 {
+        self.inner.n()
+    }
+    #[getter]
+    fn missing(&self) -> u64 {
+        self.inner.missing()
+    }
+    #[getter]
+    fn other_truncated(&self) -> bool {
+        self.inner.other_truncated()
+    }
+    #[getter]
+    fn fingerprint(&self) -> String {
+        hex(self.inner.fingerprint())
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<CategoricalReference>()
+            .map(|o| o.get().inner.to_bytes() == self.inner.to_bytes())
+            .unwrap_or(false)
+    }
+    fn __hash__(&self) -> u64 {
+        self.inner.fingerprint()
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "CategoricalReference(n={}, missing={}, categories={}, fingerprint='{}')",
+            self.inner.n(),
+            self.inner.missing(),
+            self.inner.categories().len(),
+            hex(self.inner.fingerprint())
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------- sketches
+
+/// One window's numeric values counted in the bins of one reference.
+#[pyclass(module = "drift_core._drift_core")]
+pub struct NumericSketch {
+    inner: num::NumericSketch,
+    reference: Arc<num::NumericReference>,
+}
+
+#[pymethods]
+impl NumericSketch {
+    #[new]
+    fn new(reference: &Bound<'_, NumericReference>) -> Self {
+        let r = reference.get().inner.clone();
+        NumericSketch {
+            inner: num::NumericSketch::new(&r),
+            reference: r,
+        }
+    }
+
+    fn update(&mut self, py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        let arr = as_f64_1d(values)?;
+        let slice = arr.as_slice()?;
+        let (inner, reference) = (&mut self.inner, &self.reference);
+        detach_if(py, slice.len(), || inner.update(reference, slice))?;
+        Ok(())
+    }
+
+    fn merge(&mut self, other: PyRef<'_, NumericSketch>) -> PyResult<()> {
+        Ok(self.inner.merge(&other.inner)?)
+    }
+
+    fn copy(&self) -> Self {
+        NumericSketch {
+            inner: self.inner.clone(),
+            reference: self.reference.clone(),
+        }
+    }
+
+    #[getter]
+    fn reference(&self) -> NumericReference {
+        NumericReference {
+            inner: self.reference.clone(),
+        }
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8], reference: &Bound<'_, NumericReference>) -> PyResult<Self> {
+        let r = reference.get().inner.clone();
+        Ok(NumericSketch {
+            inner: num::NumericSketch::from_bytes(data, &r)?,
+            reference: r,
+        })
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, NumericReference))> {
+        let from = slf.get_type().getattr("from_bytes")?;
+        let me = slf.borrow();
+        Ok((from, (me.to_bytes(slf.py()), me.reference())))
+    }
+
+    #[getter]
+    fn kind(&self) -> &'static str {
+        "numeric"
+    }
+    #[getter]
+    fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, self.inner.counts())
+    }
+    #[getter]
+    fn n(&self) -> u64 {
+        self.inner.n()
+    }
+    #[getter]
+    fn missing(&self) -> u64 {
+        self.inner.missing()
+    }
+    #[getter]
+    fn min(&self) -> f64 {
+        self.inner.moments().min
+    }
+    #[getter]
+    fn max(&self) -> f64 {
+        self.inner.moments().max
+    }
+    #[getter]
+    fn sum(&self) -> f64 {
+        self.inner.moments().sum
+    }
+    #[getter]
+    fn sum_sq(&self) -> f64 {
+        self.inner.moments().sum_sq
+    }
+    #[getter]
+    fn infinite(&self) -> u64 {
+        self.inner.moments().infinite
+    }
+    #[getter]
+    fn mean(&self) -> f64 {
+        self.inner.moments().mean_std(self.inner.n()).0
+    }
+    #[getter]
+    fn std(&self) -> f64 {
+        self.inner.moments().mean_std(self.inner.n()).1
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<NumericSketch>()
+            .map(|o| o.borrow().inner == self.inner)
+            .unwrap_or(false)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "NumericSketch(n={}, missing={}, reference='{}')",
+            self.inner.n(),
+            self.inner.missing(),
+            hex(self.inner.fingerprint())
+        )
+    }
+}
+
+/// One window's categories counted in the buckets of one reference.
+#[pyclass(module = "drift_core._drift_core")]
+pub struct CategoricalSketch {
+    inner: cat::CategoricalSketch,
+    reference: Arc<cat::CategoricalReference>,
+}
+
+#[pymethods]
+impl CategoricalSketch {
+    #[new]
+    fn new(reference: &Bound<'_, CategoricalReference>) -> Self {
+        let r = reference.get().inner.clone();
+        CategoricalSketch {
+            inner: cat::CategoricalSketch::new(&r),
+            reference: r,
+        }
+    }
+
+    fn update(&mut self, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        // decode into a scratch sketch first: a bad item mid-way leaves `self` untouched
+        let mut scratch = cat::CategoricalSketch::new(&self.reference);
+        let reference = &self.reference;
+        for_each_category(values, |v| scratch.add(reference, v, 1))?;
+        Ok(self.inner.merge(&scratch)?)
+    }
+
+    fn merge(&mut self, other: PyRef<'_, CategoricalSketch>) -> PyResult<()> {
+        Ok(self.inner.merge(&other.inner)?)
+    }
+
+    fn copy(&self) -> Self {
+        CategoricalSketch {
+            inner: self.inner.clone(),
+            reference: self.reference.clone(),
+        }
+    }
+
+    #[getter]
+    fn reference(&self) -> CategoricalReference {
+        CategoricalReference {
+            inner: self.reference.clone(),
+        }
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8], reference: &Bound<'_, CategoricalReference>) -> PyResult<Self> {
+        let r = reference.get().inner.clone();
+        Ok(CategoricalSketch {
+            inner: cat::CategoricalSketch::from_bytes(data, &r)?,
+            reference: r,
+        })
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, CategoricalReference))> {
+        let from = slf.get_type().getattr("from_bytes")?;
+        let me = slf.borrow();
+        Ok((from, (me.to_bytes(slf.py()), me.reference())))
+    }
+
+    #[getter]
+    fn kind(&self) -> &'static str {
+        "categorical"
+    }
+    /// Counts per tracked category, then other-known, then unseen.
+    #[getter]
+    fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, self.inner.counts())
+    }
+    #[getter]
+    fn n(&self) -> u64 {
+        self.inner.n()
+    }
+    #[getter]
+    fn missing(&self) -> u64 {
+        self.inner.missing()
+    }
+    #[getter]
+    fn unseen(&self) -> u64 {
+        self.inner.unseen()
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<CategoricalSketch>()
+            .map(|o| o.borrow().inner == self.inner)
+            .unwrap_or(false)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "CategoricalSketch(n={}, missing={}, unseen={}, reference='{}')",
+            self.inner.n(),
+            self.inner.missing(),
+            self.inner.unseen(),
+            hex(self.inner.fingerprint())
+        )
+    }
+}
+
+/// DDSketch: quantiles within a relative error, without a reference.
+#[pyclass(module = "drift_core._drift_core")]
+pub struct QuantileSketch {
+    inner: qs::QuantileSketch,
+}
+
+#[pymethods]
+impl QuantileSketch {
+    #[new]
+    #[pyo3(signature = (relative_accuracy = qs::DEFAULT_ALPHA, max_bins = qs::DEFAULT_MAX_BINS))]
+    fn new(relative_accuracy: f64, max_bins: u32) -> PyResult<Self> {
+        Ok(QuantileSketch {
+            inner: qs::QuantileSketch::new(relative_accuracy, max_bins)?,
+        })
+    }
+
+    fn update(&mut self, py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        let arr = as_f64_1d(values)?;
+        let slice = arr.as_slice()?;
+        let inner = &mut self.inner;
+        detach_if(py, slice.len(), || inner.update(slice));
+        Ok(())
+    }
+
+    fn merge(&mut self, other: PyRef<'_, QuantileSketch>) -> PyResult<()> {
+        Ok(self.inner.merge(&other.inner)?)
+    }
+
+    fn copy(&self) -> Self {
+        QuantileSketch {
+            inner: self.inner.clone(),
+        }
+    }
+
+    fn quantile(&self, q: f64) -> PyResult<f64> {
+        Ok(self.inner.quantile(q)?)
+    }
+
+    fn quantiles(&self, qs: Vec<f64>) -> PyResult<Vec<f64>> {
+        qs.into_iter()
+            .map(|q| self.inner.quantile(q).map_err(PyErr::from))
+            .collect()
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Self> {
+        Ok(QuantileSketch {
+            inner: qs::QuantileSketch::from_bytes(data)?,
+        })
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let from = slf.get_type().getattr("from_bytes")?;
+        Ok((from, (slf.borrow().to_bytes(slf.py()),)))
+    }
+
+    #[getter]
+    fn relative_accuracy(&self) -> f64 {
+        self.inner.alpha()
+    }
+    #[getter]
+    fn max_bins(&self) -> u32 {
+        self.inner.max_bins()
+    }
+    #[getter]
+    fn count(&self) -> u64 {
+        self.inner.count()
+    }
+    #[getter]
+    fn missing(&self) -> u64 {
+        self.inner.missing()
+    }
+    #[getter]
+    fn infinite(&self) -> u64 {
+        self.inner.infinite()
+    }
+    #[getter]
+    fn sum(&self) -> f64 {
+        self.inner.sum()
+    }
+    #[getter]
+    fn min(&self) -> f64 {
+        self.inner.min()
+    }
+    #[getter]
+    fn max(&self) -> f64 {
+        self.inner.max()
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<QuantileSketch>()
+            .map(|o| o.borrow().inner == self.inner)
+            .unwrap_or(false)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "QuantileSketch(count={}, relative_accuracy={}, max_bins={})",
+            self.inner.count(),
+            self.inner.alpha(),
+            self.inner.max_bins()
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------- compare
+
+enum Pair {
+    Numeric(Arc<num::NumericReference>, num::NumericSketch),
+    Categorical(Arc<cat::CategoricalReference>, cat::CategoricalSketch),
+}
+
+enum Figures {
+    Numeric(NumericComparison),
+    Categorical(CategoricalComparison),
+}
+
+fn extract_pair(reference: &Bound<'_, PyAny>, sketch: &Bound<'_, PyAny>) -> PyResult<Pair> {
+    if let (Ok(r), Ok(s)) = (
+        reference.cast::<NumericReference>(),
+        sketch.cast::<NumericSketch>(),
+    ) {
+        return Ok(Pair::Numeric(r.get().inner.clone(), s.borrow().inner.clone()));
+    }
+    if let (Ok(r), Ok(s)) = (
+        reference.cast::<CategoricalReference>(),
+        sketch.cast::<CategoricalSketch>(),
+    ) {
+        return Ok(Pair::Categorical(r.get().inner.clone(), s.borrow().inner.clone()));
+    }
+    Err(InvalidInputError::new_err(format!(
+        "compare takes a (NumericReference, NumericSketch) or a \
+         (CategoricalReference, CategoricalSketch) pair, got ({}, {})",
+        reference.get_type().name()?,
+        sketch.get_type().name()?
+    )))
+}
+
+fn run(pair: &Pair) -> Result<Figures, DriftError> {
+    Ok(match pair {
+        Pair::Numeric(r, s) => Figures::Numeric(cmp::compare_numeric(r, s)?),
+        Pair::Categorical(r, s) => Figures::Categorical(cmp::compare_categorical(r, s)?),
+    })
+}
+
+fn figures_dict<'py>(py: Python<'py>, f: &Figures) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match f {
+        Figures::Numeric(c) => {
+            d.set_item("kind", "numeric")?;
+            d.set_item("n", c.n)?;
+            d.set_item("missing", c.missing)?;
+            d.set_item("missing_share", c.missing_share)?;
+            d.set_item("reference_missing_share", c.reference_missing_share)?;
+            d.set_item("missing_pvalue", c.missing_pvalue)?;
+            d.set_item("ks", c.ks)?;
+            d.set_item("ks_pvalue", c.ks_pvalue)?;
+            d.set_item("ks_bound", c.ks_bound)?;
+            d.set_item("psi", c.psi)?;
+            d.set_item("wasserstein", c.wasserstein)?;
+            d.set_item("wasserstein_norm", c.wasserstein_norm)?;
+            d.set_item("mean", c.mean)?;
+            d.set_item("std", c.std)?;
+            d.set_item("min", c.min)?;
+            d.set_item("max", c.max)?;
+            d.set_item("reference_mean", c.reference_mean)?;
+            d.set_item("reference_std", c.reference_std)?;
+        }
+        Figures::Categorical(c) => {
+            d.set_item("kind", "categorical")?;
+            d.set_item("n", c.n)?;
+            d.set_item("missing", c.missing)?;
+            d.set_item("missing_share", c.missing_share)?;
+            d.set_item("reference_missing_share", c.reference_missing_share)?;
+            d.set_item("missing_pvalue", c.missing_pvalue)?;
+            d.set_item("chi2", c.chi2)?;
+            d.set_item("chi2_dof", c.chi2_dof)?;
+            d.set_item("chi2_pvalue", c.chi2_pvalue)?;
+            d.set_item("js", c.js)?;
+            d.set_item("psi", c.psi)?;
+            d.set_item("unseen_share", c.unseen_share)?;
+        }
+    }
+    Ok(d)
+}
+
+/// Compares one window sketch with its reference.
+#[pyfunction]
+fn compare<'py>(
+    reference: &Bound<'py, PyAny>,
+    sketch: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let pair = extract_pair(reference, sketch)?;
+    figures_dict(reference.py(), &run(&pair)?)
+}
+
+/// Compares many (reference, sketch) pairs in one call, without the GIL.
+#[pyfunction]
+fn compare_many<'py>(
+    py: Python<'py>,
+    pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let pairs: Vec<Pair> = pairs
+        .iter()
+        .map(|(r, s)| extract_pair(r, s))
+        .collect::<PyResult<_>>()?;
+    let out: Vec<Result<Figures, DriftError>> = py.detach(|| pairs.iter().map(run).collect());
+    out.into_iter()
+        .map(|f| figures_dict(py, &f?))
+        .collect()
+}
+
+/// Updates many numeric sketches from the columns of one 2-D array (rows x features).
+#[pyfunction]
+fn update_many(
+    py: Python<'_>,
+    sketches: Vec<Bound<'_, NumericSketch>>,
+    matrix: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let np = py.import("numpy")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("dtype", np.getattr("float64")?)?;
+    let arr = np
+        .call_method("asarray", (matrix,), Some(&kwargs))
+        .map_err(|e| InvalidInputError::new_err(format!("matrix must hold numbers: {e}")))?;
+    let arr: PyReadonlyArray2<'_, f64> = arr.extract().map_err(|_| {
+        InvalidInputError::new_err("matrix must be a 2-D array of shape (rows, features)")
+    })?;
+    let view = arr.as_array();
+    if view.ncols() != sketches.len() {
+        return Err(InvalidInputError::new_err(format!(
+            "matrix has {} columns but {} sketches were given",
+            view.ncols(),
+            sketches.len()
+        )));
+    }
+    let mut guards: Vec<PyRefMut<'_, NumericSketch>> = Vec::with_capacity(sketches.len());
+    for s in &sketches {
+        guards.push(s.try_borrow_mut().map_err(|_| {
+            InvalidInputError::new_err("the same sketch appears twice in update_many")
+        })?);
+    }
+    let mut targets: Vec<(&mut num::NumericSketch, &num::NumericReference)> = guards
+        .iter_mut()
+        .map(|g| {
+            let g = &mut **g;
+            (&mut g.inner, &*g.reference)
+        })
+        .collect();
+    let size = view.len();
+    detach_if(py, size, || -> Result<(), DriftError> {
+        let mut scratch = Vec::with_capacity(view.nrows());
+        for (j, (sketch, reference)) in targets.iter_mut().enumerate() {
+            let col = view.column(j);
+            match col.as_slice() {
+                Some(s) => sketch.update(reference, s)?,
+                None => {
+                    scratch.clear();
+                    scratch.extend(col.iter().copied());
+                    sketch.update(reference, &scratch)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// P(D_n >= x) of the one-sample two-sided Kolmogorov distribution.
+#[pyfunction]
+fn kolmogorov_sf(n: u64, x: f64) -> f64 {
+    cmp::ks::kolmogorov_sf(n, x)
+}
+
+/// Asymptotic two-sample KS p-value, as SciPy's `ks_2samp(method="asymp")`.
+#[pyfunction]
+fn ks_pvalue(statistic: f64, n1: u64, n2: u64) -> f64 {
+    cmp::ks::ks_2samp_pvalue(statistic, n1, n2)
+}
+
+/// PSI between reference counts and window counts over the same bins.
+#[pyfunction]
+fn psi(expected: Vec<u64>, actual: Vec<u64>) -> PyResult<f64> {
+    same_len(&expected, &actual)?;
+    Ok(cmp::psi(&expected, &actual))
+}
+
+/// Jensen–Shannon distance (base 2) between two count vectors.
+#[pyfunction]
+fn js_distance(p: Vec<u64>, q: Vec<u64>) -> PyResult<f64> {
+    same_len(&p, &q)?;
+    Ok(cmp::js_distance(&p, &q))
+}
+
+/// Chi-square homogeneity test on two count vectors: (statistic, dof, p-value).
+#[pyfunction]
+fn chi2_homogeneity(a: Vec<u64>, b: Vec<u64>) -> PyResult<(f64, u64, f64)> {
+    same_len(&a, &b)?;
+    Ok(cmp::chi2_homogeneity(&a, &b))
+}
+
+/// Two-sided pooled two-proportion z-test p-value.
+#[pyfunction]
+fn two_proportion_pvalue(k1: u64, n1: u64, k2: u64, n2: u64) -> PyResult<f64> {
+    if k1 > n1 || k2 > n2 {
+        return Err(InvalidInputError::new_err("successes exceed trials"));
+    }
+    Ok(cmp::two_proportion_pvalue(k1, n1, k2, n2))
+}
+
+fn same_len(a: &[u64], b: &[u64]) -> PyResult<()> {
+    if a.len() != b.len() || a.is_empty() {
+        return Err(InvalidInputError::new_err(format!(
+            "count vectors must be non-empty and of equal length, got {} and {}",
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok(())
+}
+
+#[pymodule]
+fn _drift_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("DriftlineError", py.get_type::<DriftlineError>())?;
+    m.add("DriftCoreError", py.get_type::<DriftCoreError>())?;
+    m.add("InvalidInputError", py.get_type::<InvalidInputError>())?;
+    m.add("ReferenceMismatchError", py.get_type::<ReferenceMismatchError>())?;
+    m.add("DecodeError", py.get_type::<DecodeError>())?;
+    m.add_class::<NumericReference>()?;
+    m.add_class::<CategoricalReference>()?;
+    m.add_class::<NumericSketch>()?;
+    m.add_class::<CategoricalSketch>()?;
+    m.add_class::<QuantileSketch>()?;
+    m.add_function(wrap_pyfunction!(compare, m)?)?;
+    m.add_function(wrap_pyfunction!(compare_many, m)?)?;
+    m.add_function(wrap_pyfunction!(update_many, m)?)?;
+    m.add_function(wrap_pyfunction!(kolmogorov_sf, m)?)?;
+    m.add_function(wrap_pyfunction!(ks_pvalue, m)?)?;
+    m.add_function(wrap_pyfunction!(psi, m)?)?;
+    m.add_function(wrap_pyfunction!(js_distance, m)?)?;
+    m.add_function(wrap_pyfunction!(chi2_homogeneity, m)?)?;
+    m.add_function(wrap_pyfunction!(two_proportion_pvalue, m)?)?;
+    m.add("FORMAT_VERSION", crate::codec::FORMAT_VERSION)?;
+    m.add("PSI_EPSILON", cmp::PSI_EPSILON)?;
+    Ok(())
+}
