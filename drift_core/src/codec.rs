@@ -299,7 +299,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = bytes.clone();
                 b[i] ^= 1 << bit;
-                assert!(Reader::open(&b, Kind::QuantileSketch).is_err(), "byte {i} bit {bit}");
+                assert!(
+                    Reader::open(&b, Kind::QuantileSketch).is_err(),
+                    "byte {i} bit {bit}"
+                );
             }
         }
     }

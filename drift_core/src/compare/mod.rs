@@ -26,6 +26,7 @@ pub struct NumericComparison {
     pub missing_pvalue: f64,
     pub ks: f64,
     pub ks_pvalue: f64,
+    /// How far `ks` can fall short of the exact two-sample statistic (see `sketch::numeric`).
     pub ks_bound: f64,
     pub psi: f64,
     pub wasserstein: f64,
@@ -143,20 +144,21 @@ fn share(k: u64, n: u64) -> f64 {
     }
 }
 
-/// KS statistic from the exact CDFs of both sides at the reference edges.
-fn ks_statistic(reference: &[u64], window: &[u64]) -> f64 {
+/// KS statistic from the exact CDFs of both sides at and just below every edge, and the
+/// bound on how far it can fall short of the exact statistic: max over bins of
+/// min(reference share, window share) strictly inside the bin.
+fn ks_from_slots(reference: &[u64], window: &[u64]) -> (f64, f64) {
     let (tr, tw) = (sum(reference), sum(window));
-    let (mut cr, mut cw, mut d) = (0u64, 0u64, 0.0f64);
-    // the last bin ends at +inf where both CDFs are 1
-    for (r, w) in reference[..reference.len() - 1]
-        .iter()
-        .zip(&window[..window.len() - 1])
-    {
+    let (mut cr, mut cw, mut d, mut bound) = (0u64, 0u64, 0.0f64, 0.0f64);
+    for (i, (r, w)) in reference.iter().zip(window).enumerate() {
+        if i % 2 == 0 {
+            bound = bound.max((*r as f64 / tr).min(*w as f64 / tw));
+        }
         cr += r;
         cw += w;
         d = d.max((cr as f64 / tr - cw as f64 / tw).abs());
     }
-    d
+    (d, bound)
 }
 
 /// Wasserstein-1 from the CDFs at the edges, trapezoidal within bins; the outer bins run
@@ -165,16 +167,16 @@ fn wasserstein(r: &NumericReference, s: &NumericSketch) -> f64 {
     if r.moments().infinite > 0 || s.moments().infinite > 0 {
         return f64::NAN;
     }
-    let edges = r.edges();
     let (tr, tw) = (r.n() as f64, s.n() as f64);
+    let (rs, ws) = (r.slots(), s.slots());
     let (mut cr, mut cw) = (0u64, 0u64);
     let lo = r.moments().min.min(s.moments().min);
     let hi = r.moments().max.max(s.moments().max);
     let (mut prev_x, mut prev_d) = (lo, 0.0f64);
     let mut w = 0.0;
-    for (j, &e) in edges.iter().enumerate() {
-        cr += r.counts()[j];
-        cw += s.counts()[j];
+    for (j, &e) in r.edges().iter().enumerate() {
+        cr += rs[2 * j] + rs[2 * j + 1];
+        cw += ws[2 * j] + ws[2 * j + 1];
         let d = (cr as f64 / tr - cw as f64 / tw).abs();
         w += (e - prev_x).max(0.0) * 0.5 * (prev_d + d);
         prev_x = e;
@@ -200,7 +202,12 @@ pub fn compare_numeric(r: &NumericReference, s: &NumericSketch) -> Result<Numeri
         missing,
         missing_share: share(missing, n + missing),
         reference_missing_share: share(r.missing(), r.n() + r.missing()),
-        missing_pvalue: two_proportion_pvalue(missing, n + missing, r.missing(), r.n() + r.missing()),
+        missing_pvalue: two_proportion_pvalue(
+            missing,
+            n + missing,
+            r.missing(),
+            r.n() + r.missing(),
+        ),
         ks: f64::NAN,
         ks_pvalue: f64::NAN,
         ks_bound: r.ks_bound(),
@@ -217,14 +224,15 @@ pub fn compare_numeric(r: &NumericReference, s: &NumericSketch) -> Result<Numeri
     if n == 0 {
         return Ok(base);
     }
-    let ks = ks_statistic(r.counts(), s.counts());
+    let (ks, ks_bound) = ks_from_slots(r.slots(), s.slots());
     let mut window_psi = vec![0u64; r.psi_counts().len()];
-    for (c, p) in s.counts().iter().zip(r.psi_of_bin()) {
-        window_psi[*p as usize] += c;
+    for (i, c) in s.slots().iter().enumerate() {
+        window_psi[r.psi_of_bin()[i / 2] as usize] += c;
     }
     let w1 = wasserstein(r, s);
     Ok(NumericComparison {
         ks,
+        ks_bound,
         ks_pvalue: ks::ks_2samp_pvalue(ks, r.n(), n),
         psi: psi(r.psi_counts(), &window_psi),
         wasserstein: w1,
@@ -262,7 +270,12 @@ pub fn compare_categorical(
         missing,
         missing_share: share(missing, n + missing),
         reference_missing_share: share(r.missing(), r.n() + r.missing()),
-        missing_pvalue: two_proportion_pvalue(missing, n + missing, r.missing(), r.n() + r.missing()),
+        missing_pvalue: two_proportion_pvalue(
+            missing,
+            n + missing,
+            r.missing(),
+            r.n() + r.missing(),
+        ),
         chi2,
         chi2_dof,
         chi2_pvalue,

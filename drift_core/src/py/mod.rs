@@ -14,8 +14,18 @@ use crate::sketch::categorical as cat;
 use crate::sketch::numeric as num;
 use crate::sketch::quantile as qs;
 
-create_exception!(_drift_core, DriftlineError, PyException, "Root of every driftline error.");
-create_exception!(_drift_core, DriftCoreError, DriftlineError, "An error raised by drift_core.");
+create_exception!(
+    _drift_core,
+    DriftlineError,
+    PyException,
+    "Root of every driftline error."
+);
+create_exception!(
+    _drift_core,
+    DriftCoreError,
+    DriftlineError,
+    "An error raised by drift_core."
+);
 create_exception!(
     _drift_core,
     InvalidInputError,
@@ -110,7 +120,11 @@ fn for_each_category<'py>(
     let iter = values.try_iter().map_err(|_| {
         InvalidInputError::new_err(format!(
             "values must be an iterable of categories, got {}",
-            values.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            values
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     for item in iter {
@@ -170,7 +184,9 @@ impl NumericReference {
         PyBytes::new(py, &self.inner.to_bytes())
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let from = slf.get_type().getattr("from_bytes")?;
         Ok((from, (slf.get().to_bytes(slf.py()),)))
     }
@@ -194,6 +210,11 @@ impl NumericReference {
     #[getter]
     fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
         PyArray1::from_slice(py, self.inner.counts())
+    }
+    /// Reference count per slot: inside bin j, at edge j, ..., above every edge.
+    #[getter]
+    fn slots<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, self.inner.slots())
     }
     #[getter]
     fn psi_edges<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
@@ -269,10 +290,8 @@ impl CategoricalReference {
     fn build(values: &Bound<'_, PyAny>, max_categories: usize) -> PyResult<Self> {
         let mut owned: Vec<Option<String>> = Vec::new();
         for_each_category(values, |v| owned.push(v.map(str::to_owned)))?;
-        let inner = cat::CategoricalReference::build(
-            owned.iter().map(|v| v.as_deref()),
-            max_categories,
-        )?;
+        let inner =
+            cat::CategoricalReference::build(owned.iter().map(|v| v.as_deref()), max_categories)?;
         Ok(CategoricalReference {
             inner: Arc::new(inner),
         })
@@ -289,7 +308,9 @@ impl CategoricalReference {
         PyBytes::new(py, &self.inner.to_bytes())
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let from = slf.get_type().getattr("from_bytes")?;
         Ok((from, (slf.get().to_bytes(slf.py()),)))
     }
@@ -413,9 +434,15 @@ impl NumericSketch {
     fn kind(&self) -> &'static str {
         "numeric"
     }
+    /// Count per bin (e[j-1], e[j]].
     #[getter]
     fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        PyArray1::from_slice(py, self.inner.counts())
+        PyArray1::from_vec(py, self.inner.counts())
+    }
+    /// Count per slot: inside bin j, at edge j, ..., above every edge.
+    #[getter]
+    fn slots<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        PyArray1::from_slice(py, self.inner.slots())
     }
     #[getter]
     fn n(&self) -> u64 {
@@ -528,7 +555,10 @@ impl CategoricalSketch {
 
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, CategoricalReference))> {
+    ) -> PyResult<(
+        Bound<'py, PyAny>,
+        (Bound<'py, PyBytes>, CategoricalReference),
+    )> {
         let from = slf.get_type().getattr("from_bytes")?;
         let me = slf.borrow();
         Ok((from, (me.to_bytes(slf.py()), me.reference())))
@@ -627,7 +657,9 @@ impl QuantileSketch {
         })
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let from = slf.get_type().getattr("from_bytes")?;
         Ok((from, (slf.borrow().to_bytes(slf.py()),)))
     }
@@ -697,13 +729,19 @@ fn extract_pair(reference: &Bound<'_, PyAny>, sketch: &Bound<'_, PyAny>) -> PyRe
         reference.cast::<NumericReference>(),
         sketch.cast::<NumericSketch>(),
     ) {
-        return Ok(Pair::Numeric(r.get().inner.clone(), s.borrow().inner.clone()));
+        return Ok(Pair::Numeric(
+            r.get().inner.clone(),
+            s.borrow().inner.clone(),
+        ));
     }
     if let (Ok(r), Ok(s)) = (
         reference.cast::<CategoricalReference>(),
         sketch.cast::<CategoricalSketch>(),
     ) {
-        return Ok(Pair::Categorical(r.get().inner.clone(), s.borrow().inner.clone()));
+        return Ok(Pair::Categorical(
+            r.get().inner.clone(),
+            s.borrow().inner.clone(),
+        ));
     }
     Err(InvalidInputError::new_err(format!(
         "compare takes a (NumericReference, NumericSketch) or a \
@@ -782,9 +820,7 @@ fn compare_many<'py>(
         .map(|(r, s)| extract_pair(r, s))
         .collect::<PyResult<_>>()?;
     let out: Vec<Result<Figures, DriftError>> = py.detach(|| pairs.iter().map(run).collect());
-    out.into_iter()
-        .map(|f| figures_dict(py, &f?))
-        .collect()
+    out.into_iter().map(|f| figures_dict(py, &f?)).collect()
 }
 
 /// Updates many numeric sketches from the columns of one 2-D array (rows x features).
@@ -902,7 +938,10 @@ fn _drift_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DriftlineError", py.get_type::<DriftlineError>())?;
     m.add("DriftCoreError", py.get_type::<DriftCoreError>())?;
     m.add("InvalidInputError", py.get_type::<InvalidInputError>())?;
-    m.add("ReferenceMismatchError", py.get_type::<ReferenceMismatchError>())?;
+    m.add(
+        "ReferenceMismatchError",
+        py.get_type::<ReferenceMismatchError>(),
+    )?;
     m.add("DecodeError", py.get_type::<DecodeError>())?;
     m.add_class::<NumericReference>()?;
     m.add_class::<CategoricalReference>()?;

@@ -1,35 +1,41 @@
-//! Fast bin lookup over sorted edges.
+//! Fast, branch-free bin lookup over sorted edges.
 //!
-//! Bins are `(-inf, e0], (e0, e1], ..., (e[m-1], +inf)`: the bin of `x` is the number of
-//! edges strictly below `x`. A plain binary search costs ~log2(m) dependent, badly
-//! predicted branches per value. Instead a grid of cells is laid over the edges' range;
-//! each cell stores how many edges lie below it, so a value is located by one
-//! multiply-and-truncate (or, for heavy tails, an order-preserving integer view of the
-//! float, which spaces cells logarithmically) plus a short scan over the few edges inside
-//! its cell. Correctness rests only on the cell function being monotone: an edge in a
-//! lower cell is below `x`, an edge in a higher cell is above it. The grid (linear or
-//! logarithmic) is chosen at build time by the expected scan length under the reference
-//! distribution itself, since the edges are its quantiles.
+//! Each value goes to one of `2m + 2` slots for `m` edges: slot `2j` holds values strictly
+//! between `e[j-1]` and `e[j]`, slot `2j + 1` values equal to `e[j]`, slot `2m` values above
+//! every edge and slot `2m + 1` NaN. Knowing what lies *at* an edge and what lies *between*
+//! edges gives the exact CDF just below and at every edge, which is what bounds the KS
+//! error tightly (and makes it exact when either side has no mass between edges).
+//!
+//! A plain binary search costs ~log2(m) dependent, badly predicted branches per value.
+//! Instead a grid of cells is laid over the edges' range; each cell stores how many edges
+//! lie in lower cells, and every cell holds at most `K` edges. The slot of `x` is then
+//! `2 start[c] + sum over i < K of [x > e[start + i]] + [x >= e[start + i]]` — `2K`
+//! comparisons and no branch. This is exact because the cell function is monotone: edges
+//! in lower cells are below `x`, edges in higher cells above it (so they add nothing), and
+//! the edge array is padded with NaN, which compares false with everything. The kernel
+//! does not test for NaN: a NaN value lands in one fixed slot (`nan_slot`) and callers
+//! that count NaN anyway (the moments pass does) move that many counts to the NaN slot.
+//!
+//! The grid is linear in `x`, or linear in the order-preserving integer view of the float
+//! (logarithmic spacing, for heavy tails). Cells holding more than `K` edges (a heavy tail,
+//! a tight cluster beside huge outliers) are flagged and searched by bisection instead;
+//! that branch is well predicted as long as those cells carry little of the mass. The
+//! grid kind, its size and `K` are chosen at build time by an estimate of the cost per
+//! value under the reference distribution itself (the edges are its quantiles, so a
+//! cell's share of the edges is its share of the mass), counting the cache footprint of
+//! the cell table too (16-bit entries while the edges allow it).
 
-const CELLS: usize = 4096;
-/// Cells holding more edges than this are searched by bisection instead of a scan.
-const SCAN_MAX: usize = 8;
+const MIN_CELLS_LOG2: u32 = 10;
+const MAX_CELLS_LOG2: u32 = 16;
+/// Widest branch-free kernel; edges are padded with this many NaN.
+const MAX_K: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Grid {
     /// cell = (x - lo) * scale
-    Linear { lo: f64, scale: f64 },
-    /// cell = (key(x) - lo) >> shift, key being the order-preserving integer of the float
-    Key { lo: i64, shift: u32 },
-}
-
-#[derive(Debug, Clone)]
-pub struct BinIndex {
-    /// The edges followed by one `+inf` sentinel that stops every scan.
-    edges: Vec<f64>,
-    grid: Grid,
-    /// `starts[c]` = number of edges whose cell is below `c`; `starts[CELLS]` = m.
-    starts: Vec<u32>,
+    Linear { lo: f64, scale: f64, last: usize },
+    /// cell = (key(x) - lo) >> shift
+    Key { lo: i64, shift: u32, last: usize },
 }
 
 #[inline(always)]
@@ -42,119 +48,313 @@ impl Grid {
     #[inline(always)]
     fn cell(&self, x: f64) -> usize {
         match *self {
-            // `as usize` saturates: negatives and NaN give 0, +inf gives usize::MAX.
-            Grid::Linear { lo, scale } => (((x - lo) * scale) as usize).min(CELLS - 1),
-            Grid::Key { lo, shift } => {
-                let d = key(x).saturating_sub(lo).max(0) as u64;
-                ((d >> shift) as usize).min(CELLS - 1)
+            Grid::Linear { lo, scale, last } => {
+                // clamp in the float domain (NaN and negatives to 0) so the conversion is
+                // one instruction; written as compares so they lower to maxsd / minsd
+                let t = (x - lo) * scale;
+                let t = if t > 0.0 { t } else { 0.0 };
+                let lastf = last as f64;
+                let t = if t < lastf { t } else { lastf };
+                // SAFETY: t is in [0, last] and last < 2^31.
+                unsafe { t.to_int_unchecked::<i32>() as usize }
             }
+            Grid::Key { lo, shift, last } => {
+                let k = key(x);
+                // k - lo fits u64 whenever k >= lo
+                let d = if k < lo { 0 } else { k.wrapping_sub(lo) as u64 };
+                ((d >> shift) as usize).min(last)
+            }
+        }
+    }
+
+    fn cells(&self) -> usize {
+        match *self {
+            Grid::Linear { last, .. } | Grid::Key { last, .. } => last + 1,
         }
     }
 }
 
+/// Entries of the cell table: the number of edges below the cell, with a flag bit for
+/// cells searched by bisection.
+trait Start: Copy + Send + Sync + std::fmt::Debug + 'static {
+    const DENSE: Self;
+    const MAX_EDGES: usize;
+    fn new(below: usize, dense: bool) -> Self;
+    fn is_dense(self) -> bool;
+    fn below(self) -> usize;
+}
+
+impl Start for u16 {
+    const DENSE: u16 = 1 << 15;
+    const MAX_EDGES: usize = (1 << 15) - 1;
+    #[inline(always)]
+    fn new(below: usize, dense: bool) -> Self {
+        below as u16 | if dense { Self::DENSE } else { 0 }
+    }
+    #[inline(always)]
+    fn is_dense(self) -> bool {
+        self & Self::DENSE != 0
+    }
+    #[inline(always)]
+    fn below(self) -> usize {
+        (self & !Self::DENSE) as usize
+    }
+}
+
+impl Start for u32 {
+    const DENSE: u32 = 1 << 31;
+    const MAX_EDGES: usize = (1 << 31) - 1;
+    #[inline(always)]
+    fn new(below: usize, dense: bool) -> Self {
+        below as u32 | if dense { Self::DENSE } else { 0 }
+    }
+    #[inline(always)]
+    fn is_dense(self) -> bool {
+        self & Self::DENSE != 0
+    }
+    #[inline(always)]
+    fn below(self) -> usize {
+        (self & !Self::DENSE) as usize
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Table {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct BinIndex {
+    /// The m edges followed by MAX_K NaN paddings.
+    edges: Vec<f64>,
+    m: usize,
+    grid: Grid,
+    /// Entry c: edges in cells below c (| DENSE); one more entry holds m.
+    table: Table,
+    /// Kernel width: every cell not flagged DENSE holds at most k edges.
+    k: usize,
+    any_dense: bool,
+    /// Where the branch-free kernel puts a NaN.
+    nan_slot: usize,
+}
+
 impl BinIndex {
-    /// `edges` must be sorted, strictly increasing and free of NaN (-0.0 is read as 0.0).
+    /// `edges` must be sorted, strictly increasing and free of NaN, with no -0.0.
     pub fn new(edges: &[f64]) -> Self {
         let finite: Vec<f64> = edges.iter().copied().filter(|e| e.is_finite()).collect();
-        let candidates: Vec<Grid> = match (finite.first(), finite.last()) {
-            (Some(&lo), Some(&hi)) if hi > lo => {
-                let mut out = Vec::with_capacity(2);
-                let scale = CELLS as f64 / (hi - lo);
-                if scale.is_finite() && scale > 0.0 {
-                    out.push(Grid::Linear { lo, scale });
+        let mut grids = Vec::new();
+        if let (Some(&lo), Some(&hi)) = (finite.first(), finite.last()) {
+            if hi > lo {
+                for log2 in MIN_CELLS_LOG2..=MAX_CELLS_LOG2 {
+                    let cells = 1usize << log2;
+                    let scale = cells as f64 / (hi - lo);
+                    if scale.is_finite() {
+                        grids.push(Grid::Linear {
+                            lo,
+                            scale,
+                            last: cells - 1,
+                        });
+                    }
+                    let span = (key(hi) as i128 - key(lo) as i128) as u64;
+                    let shift = 64 - (span >> log2).leading_zeros();
+                    grids.push(Grid::Key {
+                        lo: key(lo),
+                        shift,
+                        last: cells - 1,
+                    });
                 }
-                let (klo, khi) = (key(lo), key(hi));
-                let span = khi.saturating_sub(klo) as u64;
-                let shift = 64 - (span / CELLS as u64).leading_zeros();
-                out.push(Grid::Key { lo: klo, shift });
-                out
             }
-            _ => vec![Grid::Linear { lo: 0.0, scale: 0.0 }],
-        };
-        // Expected scan length when values follow the reference: the edges are its
-        // quantiles, so each edge stands for an equal share and a cell holding k edges
-        // is hit with probability ~k/m and costs ~k/2 comparisons.
-        let best = candidates
-            .into_iter()
-            .map(|g| {
-                let idx = Self::with_grid(edges, g);
-                let cost: u64 = idx
-                    .starts
-                    .windows(2)
-                    .map(|w| {
-                        let k = (w[1] - w[0]) as u64;
-                        k * k.min(SCAN_MAX as u64 + 4)
-                    })
+        }
+        if grids.is_empty() {
+            grids.push(Grid::Linear {
+                lo: 0.0,
+                scale: 0.0,
+                last: 0,
+            });
+        }
+        let m = edges.len().max(1) as f64;
+        let entry_bytes = if edges.len() <= u16::MAX_EDGES { 2 } else { 4 };
+        let mut best: Option<(f64, Grid, usize)> = None;
+        for g in grids {
+            let per_cell = Self::cell_counts(edges, g);
+            // tables beyond 16 KiB compete with the counts and edges for L1
+            let table_kib = per_cell.len() * entry_bytes / 1024;
+            let table_cost = match table_kib {
+                0..=16 => 0.0,
+                17..=32 => 1.0,
+                33..=64 => 1.5,
+                _ => 2.0,
+            };
+            for k in [1usize, 2, 4, MAX_K] {
+                // a bisection costs a handful of steps plus a likely misprediction
+                let dense: usize = per_cell
+                    .iter()
+                    .filter(|c| **c as usize > k)
+                    .map(|c| *c as usize)
                     .sum();
-                (cost, idx)
-            })
-            .min_by_key(|(cost, _)| *cost)
-            .expect("at least one grid");
-        best.1
+                let cost = k as f64 + table_cost + 40.0 * dense as f64 / m;
+                if best.as_ref().is_none_or(|b| cost < b.0) {
+                    best = Some((cost, g, k));
+                }
+            }
+        }
+        let (_, grid, k) = best.expect("at least one grid");
+        Self::with_grid(edges, grid, k)
     }
 
-    fn with_grid(edges: &[f64], grid: Grid) -> Self {
-        let mut starts = vec![0u32; CELLS + 1];
+    fn cell_counts(edges: &[f64], grid: Grid) -> Vec<u32> {
+        let mut per_cell = vec![0u32; grid.cells()];
         for &e in edges {
-            starts[grid.cell(e) + 1] += 1;
+            per_cell[grid.cell(e)] += 1;
         }
-        for c in 0..CELLS {
-            starts[c + 1] += starts[c];
-        }
-        let mut padded = Vec::with_capacity(edges.len() + 1);
-        padded.extend_from_slice(edges);
-        padded.push(f64::INFINITY);
-        BinIndex {
-            edges: padded,
-            grid,
-            starts,
-        }
+        per_cell
     }
 
-    /// Number of bins (edges + 1).
-    pub fn n_bins(&self) -> usize {
-        self.edges.len()
+    fn build_table<S: Start>(per_cell: &[u32], k: usize) -> Vec<S> {
+        let mut table = Vec::with_capacity(per_cell.len() + 1);
+        let mut below = 0usize;
+        for &c in per_cell {
+            table.push(S::new(below, c as usize > k));
+            below += c as usize;
+        }
+        table.push(S::new(below, false));
+        table
     }
 
-    #[inline(always)]
-    pub fn locate(&self, x: f64) -> usize {
-        let x = x + 0.0; // -0.0 -> 0.0, so float order and key order agree
-        let c = self.grid.cell(x);
-        // SAFETY: c < CELLS and starts has CELLS + 1 entries; starts[c + 1] <= m < edges.len().
-        let (mut j, end) = unsafe {
-            (
-                *self.starts.get_unchecked(c) as usize,
-                *self.starts.get_unchecked(c + 1) as usize,
-            )
+    fn with_grid(edges: &[f64], grid: Grid, k: usize) -> Self {
+        let per_cell = Self::cell_counts(edges, grid);
+        let any_dense = per_cell.iter().any(|c| *c as usize > k);
+        let table = if edges.len() <= u16::MAX_EDGES {
+            Table::Narrow(Self::build_table(&per_cell, k))
+        } else {
+            Table::Wide(Self::build_table(&per_cell, k))
         };
-        if end - j > SCAN_MAX {
-            return j + self.edges[j..end].partition_point(|e| *e < x);
-        }
-        // SAFETY: the scan stops at the latest at the +inf sentinel edges[m] (x is not NaN):
-        // edges in higher cells are > x by monotonicity of `cell`.
-        unsafe {
-            while *self.edges.get_unchecked(j) < x {
-                j += 1;
-            }
-        }
-        j
+        let mut padded = Vec::with_capacity(edges.len() + MAX_K);
+        padded.extend_from_slice(edges);
+        padded.extend(std::iter::repeat_n(f64::NAN, MAX_K));
+        let mut idx = BinIndex {
+            edges: padded,
+            m: edges.len(),
+            grid,
+            table,
+            k,
+            any_dense,
+            nan_slot: 0,
+        };
+        idx.nan_slot = match &idx.table {
+            Table::Narrow(t) => idx.raw_slot::<u16, MAX_K, true>(t, f64::NAN),
+            Table::Wide(t) => idx.raw_slot::<u32, MAX_K, true>(t, f64::NAN),
+        };
+        idx
     }
 
-    /// Adds the bin counts of the non-NaN values to `counts` (len `n_bins()`), returns the
-    /// number of NaN values seen.
-    pub fn count_into(&self, values: &[f64], counts: &mut [u64]) -> u64 {
-        assert_eq!(counts.len(), self.n_bins());
-        let mut nan = 0u64;
-        for &x in values {
-            if x.is_nan() {
-                nan += 1;
-                continue;
-            }
-            let j = self.locate(x);
-            // SAFETY: locate returns a value in 0..=m and counts has m + 1 entries.
-            unsafe { *counts.get_unchecked_mut(j) += 1 };
+    /// Number of slots: 2 per edge, one above all edges, one for NaN.
+    pub fn n_slots(&self) -> usize {
+        2 * self.m + 2
+    }
+
+    /// Slot of one value (see the module documentation).
+    pub fn slot(&self, x: f64) -> usize {
+        if x.is_nan() {
+            return 2 * self.m + 1;
         }
-        nan
+        match &self.table {
+            Table::Narrow(t) => self.raw_slot::<u16, MAX_K, true>(t, x),
+            Table::Wide(t) => self.raw_slot::<u32, MAX_K, true>(t, x),
+        }
+    }
+
+    /// The kernel: exact for every non-NaN `x`; NaN goes to `nan_slot`.
+    #[inline(always)]
+    fn raw_slot<S: Start, const K: usize, const CHECK_DENSE: bool>(
+        &self,
+        table: &[S],
+        x: f64,
+    ) -> usize {
+        let c = self.grid.cell(x);
+        // SAFETY: c <= last < table.len() - 1
+        let entry = unsafe { *table.get_unchecked(c) };
+        if CHECK_DENSE && entry.is_dense() {
+            return self.slot_dense(table, x, c);
+        }
+        let s = entry.below();
+        let mut slot = 2 * s;
+        for i in 0..K {
+            // SAFETY: s <= m and edges has m + MAX_K >= s + K entries.
+            let e = unsafe { *self.edges.get_unchecked(s + i) };
+            slot += (x > e) as usize + (x >= e) as usize;
+        }
+        slot
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn slot_dense<S: Start>(&self, table: &[S], x: f64, c: usize) -> usize {
+        if x.is_nan() {
+            return 2 * self.m + 1;
+        }
+        let (s, end) = (table[c].below(), table[c + 1].below());
+        let j = s + self.edges[s..end].partition_point(|e| *e < x);
+        2 * j + (j < self.m && self.edges[j] == x) as usize
+    }
+
+    /// Adds the slot counts of `values` to `counts` (len `n_slots()`), NaN included.
+    pub fn count_into(&self, values: &[f64], counts: &mut [u64]) {
+        self.count_raw(values, counts);
+        let nan = values.iter().filter(|x| x.is_nan()).count() as u64;
+        self.move_nan(counts, nan);
+    }
+
+    /// Like `count_into`, but NaN values are left in `nan_slot` until `move_nan` is
+    /// called with their number.
+    pub fn count_raw(&self, values: &[f64], counts: &mut [u64]) {
+        assert_eq!(counts.len(), self.n_slots());
+        match &self.table {
+            Table::Narrow(t) => self.count_dispatch(t, values, counts),
+            Table::Wide(t) => self.count_dispatch(t, values, counts),
+        }
+    }
+
+    fn count_dispatch<S: Start>(&self, t: &[S], values: &[f64], counts: &mut [u64]) {
+        match (self.k, self.any_dense) {
+            (0 | 1, false) => self.count_k::<S, 1, false>(t, values, counts),
+            (0 | 1, true) => self.count_k::<S, 1, true>(t, values, counts),
+            (2, false) => self.count_k::<S, 2, false>(t, values, counts),
+            (2, true) => self.count_k::<S, 2, true>(t, values, counts),
+            (3 | 4, false) => self.count_k::<S, 4, false>(t, values, counts),
+            (3 | 4, true) => self.count_k::<S, 4, true>(t, values, counts),
+            (_, false) => self.count_k::<S, MAX_K, false>(t, values, counts),
+            (_, true) => self.count_k::<S, MAX_K, true>(t, values, counts),
+        }
+    }
+
+    fn count_k<S: Start, const K: usize, const CHECK_DENSE: bool>(
+        &self,
+        table: &[S],
+        values: &[f64],
+        counts: &mut [u64],
+    ) {
+        for &x in values {
+            let s = self.raw_slot::<S, K, CHECK_DENSE>(table, x);
+            // SAFETY: slots are at most 2m + 1 < counts.len().
+            unsafe { *counts.get_unchecked_mut(s) += 1 };
+        }
+    }
+
+    /// Moves `nan` counts from where the kernel put them to the NaN slot.
+    pub fn move_nan(&self, counts: &mut [u64], nan: u64) {
+        counts[self.nan_slot] -= nan;
+        counts[2 * self.m + 1] += nan;
+    }
+
+    #[cfg(test)]
+    fn kernel(&self) -> (usize, usize) {
+        let dense = match &self.table {
+            Table::Narrow(t) => t.iter().filter(|s| s.is_dense()).count(),
+            Table::Wide(t) => t.iter().filter(|s| s.is_dense()).count(),
+        };
+        (self.k, dense)
     }
 }
 
@@ -163,15 +363,25 @@ mod tests {
     use super::*;
     use crate::testutil::Rng;
 
-    fn reference_bin(edges: &[f64], x: f64) -> usize {
-        edges.iter().filter(|e| **e < x).count()
+    fn reference_slot(edges: &[f64], x: f64) -> usize {
+        if x.is_nan() {
+            return 2 * edges.len() + 1;
+        }
+        let below = edges.iter().filter(|e| **e < x).count();
+        2 * below + edges.contains(&x) as usize
     }
 
-    fn check(edges: &[f64], probes: &[f64]) {
+    fn check(edges: &[f64], probes: &[f64]) -> (usize, usize) {
         let idx = BinIndex::new(edges);
+        let mut counts = vec![0u64; idx.n_slots()];
+        idx.count_into(probes, &mut counts);
+        let mut expected = vec![0u64; idx.n_slots()];
         for &x in probes {
-            assert_eq!(idx.locate(x), reference_bin(edges, x), "x={x} edges={edges:?}");
+            assert_eq!(idx.slot(x), reference_slot(edges, x), "x={x}");
+            expected[reference_slot(edges, x)] += 1;
         }
+        assert_eq!(counts, expected);
+        idx.kernel()
     }
 
     #[test]
@@ -180,6 +390,7 @@ mod tests {
         let specials = [
             f64::NEG_INFINITY,
             f64::INFINITY,
+            f64::NAN,
             -0.0,
             0.0,
             f64::MIN_POSITIVE,
@@ -190,25 +401,51 @@ mod tests {
             (0..1000).map(|_| rng.normal()).collect(),
             (0..1000).map(|_| rng.cauchy()).collect(),
             (0..1000).map(|_| rng.normal().exp() * 1e-200).collect(),
+            // a tight cluster beside huge outliers: the bisection fallback
             (0..1000)
-                .map(|i| if i % 100 == 0 { 1e12 } else { rng.normal() })
+                .map(|i| {
+                    if i % 100 == 0 {
+                        1e12 * i as f64
+                    } else {
+                        rng.normal() * 1e-9
+                    }
+                })
                 .collect(),
             vec![1.0],
             vec![f64::NEG_INFINITY, 0.0, f64::INFINITY],
+            (0..50).map(|i| i as f64).collect(),
         ];
+        let mut widths = vec![];
         for mut edges in shapes {
             edges.sort_by(f64::total_cmp);
             edges.dedup();
             let mut probes: Vec<f64> = edges.clone();
             probes.extend(edges.iter().map(|e| e * (1.0 + 1e-12)));
-            probes.extend((0..2000).map(|_| rng.cauchy() * 10.0));
+            probes.extend((0..3000).map(|_| rng.cauchy() * 10.0));
+            probes.extend((0..3000).map(|_| rng.normal()));
             probes.extend(specials);
-            check(&edges, &probes);
+            widths.push(check(&edges, &probes));
         }
+        // normal data: a narrow kernel
+        assert!(widths[0].0 <= 2, "{widths:?}");
+        // cluster beside outliers: some cells need the bisection
+        assert!(widths[3].1 > 0, "{widths:?}");
     }
 
     #[test]
-    fn empty_edges_put_everything_in_one_bin() {
-        check(&[], &[f64::NEG_INFINITY, 0.0, 1.0, f64::INFINITY]);
+    fn wide_table_for_many_edges() {
+        let mut rng = Rng::new(9);
+        let mut edges: Vec<f64> = (0..40_000).map(|_| rng.normal()).collect();
+        edges.sort_by(f64::total_cmp);
+        edges.dedup();
+        let idx = BinIndex::new(&edges);
+        assert!(matches!(idx.table, Table::Wide(_)));
+        let probes: Vec<f64> = (0..2000).map(|_| rng.normal()).collect();
+        check(&edges, &probes);
+    }
+
+    #[test]
+    fn empty_edges_put_everything_in_one_slot() {
+        check(&[], &[f64::NEG_INFINITY, 0.0, 1.0, f64::INFINITY, f64::NAN]);
     }
 }

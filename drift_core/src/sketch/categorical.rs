@@ -201,7 +201,14 @@ impl CategoricalReference {
             return r.malformed("other-category hashes are not sorted");
         }
         r.finish()?;
-        Self::assemble(categories, counts, other_hashes, other_truncated, n, missing)
+        Self::assemble(
+            categories,
+            counts,
+            other_hashes,
+            other_truncated,
+            n,
+            missing,
+        )
     }
 }
 

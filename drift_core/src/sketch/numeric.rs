@@ -1,13 +1,15 @@
 //! Numeric reference profiles and window sketches.
 //!
-//! A reference holds high-resolution quantile edges of the reference data with the exact
-//! reference count at or below each edge, so the window's and the reference's empirical
-//! CDFs are known exactly at every edge. The KS statistic evaluated at the edges is then
-//! a lower bound of the exact two-sample statistic and falls short of it by at most the
-//! largest reference share strictly inside one bin (`ks_bound`): about 1/bins for
-//! continuous data, and 0 for data with at most `bins` distinct values (every distinct
-//! value becomes an edge). PSI bins are reference deciles (by default) and are always a
-//! subset of the KS edges, so one pass over the window fills both.
+//! A reference holds high-resolution quantile edges of the reference data and, for every
+//! edge, the exact reference count strictly between it and the previous edge and the
+//! count equal to it (see `binning`). A window sketch counts the same slots. Both
+//! empirical CDFs are thus known exactly at and just below every edge, and the KS
+//! statistic evaluated there falls short of the exact two-sample statistic by at most
+//! `max_j min(p_j, q_j)`, p_j and q_j being the reference and window shares strictly
+//! inside bin j. That bound is at most the reference's `ks_bound` (about 1/bins for
+//! continuous data) and is 0 when either side has nothing between edges — always the case
+//! for data with at most `bins` distinct values, each of which becomes an edge. PSI bins
+//! are reference deciles (by default) and a subset of the edges, so one pass fills both.
 
 use crate::codec::{Kind, Reader, Writer};
 use crate::error::{invalid, DriftError, Result};
@@ -25,7 +27,9 @@ pub struct NumericReference {
     psi_bins: u32,
     /// Sorted, distinct edges (may include ±inf when the reference holds them).
     edges: Vec<f64>,
-    /// Reference count per bin (len edges + 1).
+    /// Reference count per slot: between edges / at edge, 2m + 1 slots (no NaN slot).
+    slots: Vec<u64>,
+    /// Reference count per bin (e[j-1], e[j]], m + 1 bins.
     counts: Vec<u64>,
     /// For each bin, the PSI bin it belongs to.
     psi_of_bin: Vec<u32>,
@@ -62,37 +66,15 @@ impl Default for Moments {
 }
 
 impl Moments {
-    /// Accumulates `values`, skipping NaN; vectorises over four lanes.
-    fn add(&mut self, values: &[f64]) {
-        let (mut mn, mut mx) = ([self.min; 4], [self.max; 4]);
-        let (mut s, mut s2) = ([0.0f64; 4], [0.0f64; 4]);
-        let mut inf = 0u64;
-        let chunks = values.chunks_exact(4);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for l in 0..4 {
-                let x = c[l];
-                mn[l] = mn[l].min(x); // min/max ignore NaN
-                mx[l] = mx[l].max(x);
-                let f = if x.is_finite() { x } else { 0.0 };
-                s[l] += f;
-                s2[l] += f * f;
-                inf += x.is_infinite() as u64;
-            }
-        }
-        for &x in rest {
-            mn[0] = mn[0].min(x);
-            mx[0] = mx[0].max(x);
-            let f = if x.is_finite() { x } else { 0.0 };
-            s[0] += f;
-            s2[0] += f * f;
-            inf += x.is_infinite() as u64;
-        }
-        self.min = mn.iter().fold(self.min, |a, b| a.min(*b));
-        self.max = mx.iter().fold(self.max, |a, b| a.max(*b));
-        self.sum += (s[0] + s[1]) + (s[2] + s[3]);
-        self.sum_sq += (s2[0] + s2[1]) + (s2[2] + s2[3]);
-        self.infinite += inf;
+    /// Accumulates `values` (skipping NaN) and returns how many were NaN.
+    fn add(&mut self, values: &[f64]) -> u64 {
+        let sc = scan(values);
+        self.min = if sc.min < self.min { sc.min } else { self.min };
+        self.max = if sc.max > self.max { sc.max } else { self.max };
+        self.sum += sc.sum;
+        self.sum_sq += sc.sum_sq;
+        self.infinite += sc.infinite;
+        sc.nan
     }
 
     fn merge(&mut self, o: &Moments) {
@@ -133,6 +115,81 @@ impl Moments {
     }
 }
 
+/// One pass over a chunk: extremes, sums of the finite values, counts of ±inf and NaN.
+struct Scan {
+    min: f64,
+    max: f64,
+    sum: f64,
+    sum_sq: f64,
+    infinite: u64,
+    nan: u64,
+}
+
+/// Lane-parallel so that it vectorises; `L` lanes of independent accumulators.
+#[inline(always)]
+fn scan_lanes<const L: usize>(values: &[f64]) -> Scan {
+    let (mut mn, mut mx) = ([f64::INFINITY; L], [f64::NEG_INFINITY; L]);
+    let (mut s, mut s2) = ([0.0f64; L], [0.0f64; L]);
+    let (mut inf, mut nan) = ([0u64; L], [0u64; L]);
+    let chunks = values.chunks_exact(L);
+    let rest = chunks.remainder();
+    let mut step = |l: usize, x: f64| {
+        // compares written so that NaN never wins and they lower to min/max instructions
+        mn[l] = if x < mn[l] { x } else { mn[l] };
+        mx[l] = if x > mx[l] { x } else { mx[l] };
+        let a = x.abs();
+        let f = if a < f64::INFINITY { x } else { 0.0 };
+        s[l] += f;
+        s2[l] += f * f;
+        inf[l] += (a == f64::INFINITY) as u64;
+        nan[l] += x.is_nan() as u64;
+    };
+    for c in chunks {
+        for (l, x) in c.iter().enumerate() {
+            step(l, *x);
+        }
+    }
+    for x in rest {
+        step(0, *x);
+    }
+    Scan {
+        min: mn.iter().fold(f64::INFINITY, |a, b| a.min(*b)),
+        max: mx.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b)),
+        sum: s.iter().sum(),
+        sum_sq: s2.iter().sum(),
+        infinite: inf.iter().sum(),
+        nan: nan.iter().sum(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scan_avx512(values: &[f64]) -> Scan {
+    scan_lanes::<16>(values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2(values: &[f64]) -> Scan {
+    scan_lanes::<8>(values)
+}
+
+/// `scan_lanes` compiled for the widest vector unit this CPU has (checked at run time).
+fn scan(values: &[f64]) -> Scan {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F.
+            return unsafe { scan_avx512(values) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { scan_avx2(values) };
+        }
+    }
+    scan_lanes::<4>(values)
+}
+
 /// The value at rank floor(k * n / parts) of the sorted data, for k = 1..parts-1.
 fn quantile_edges(sorted: &[f64], parts: usize) -> impl Iterator<Item = f64> + '_ {
     let n = sorted.len();
@@ -141,7 +198,9 @@ fn quantile_edges(sorted: &[f64], parts: usize) -> impl Iterator<Item = f64> + '
 
 fn check_bins(name: &str, v: usize, min: usize) -> Result<()> {
     if v < min || v > MAX_BINS {
-        return invalid(format!("{name} must be between {min} and {MAX_BINS}, got {v}"));
+        return invalid(format!(
+            "{name} must be between {min} and {MAX_BINS}, got {v}"
+        ));
     }
     Ok(())
 }
@@ -185,46 +244,42 @@ impl NumericReference {
             e.dedup();
             e
         };
-        // counts per bin (e[j-1], e[j]] from the exact rank of each edge
-        let mut counts = Vec::with_capacity(edges.len() + 1);
+        // slots from the exact rank of each edge: strictly inside the bin, then at the edge
+        let mut slots = Vec::with_capacity(2 * edges.len() + 1);
         let mut below = 0usize;
-        let mut ks_bound = 0usize;
         for &e in &edges {
-            let le = sorted.partition_point(|x| *x <= e);
             let lt = sorted.partition_point(|x| *x < e);
-            ks_bound = ks_bound.max(lt - below); // share strictly inside this bin
-            counts.push((le - below) as u64);
+            let le = sorted.partition_point(|x| *x <= e);
+            slots.push((lt - below) as u64);
+            slots.push((le - lt) as u64);
             below = le;
         }
-        counts.push((sorted.len() - below) as u64);
-        ks_bound = ks_bound.max(sorted.len() - below);
+        slots.push((sorted.len() - below) as u64);
         let mut moments = Moments::default();
         moments.add(&sorted);
         Self::assemble(
             bins as u32,
             psi_bins as u32,
             edges,
-            counts,
+            slots,
             psi_edges,
-            sorted.len() as u64,
             missing,
             moments,
-            ks_bound as f64 / sorted.len() as f64,
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         bins: u32,
         psi_bins: u32,
         edges: Vec<f64>,
-        counts: Vec<u64>,
+        slots: Vec<u64>,
         psi_edges: Vec<f64>,
-        n: u64,
         missing: u64,
         moments: Moments,
-        ks_bound: f64,
     ) -> Result<Self> {
+        let n: u64 = slots.iter().sum();
+        let counts: Vec<u64> = slots.chunks(2).map(|c| c.iter().sum()).collect();
+        let ks_bound = slots.iter().step_by(2).copied().max().unwrap_or(0) as f64 / n as f64;
         let mut psi_of_bin = Vec::with_capacity(counts.len());
         let mut p = 0u32;
         for j in 0..counts.len() {
@@ -242,13 +297,14 @@ impl NumericReference {
         }
         let mut w = Writer::new(Kind::NumericReference);
         w.f64s(&edges);
-        w.varints(&counts);
+        w.varints(&slots);
         let fingerprint = xxhash_rust::xxh3::xxh3_64(&w.finish());
         let index = BinIndex::new(&edges);
         Ok(NumericReference {
             bins,
             psi_bins,
             edges,
+            slots,
             counts,
             psi_of_bin,
             psi_edges,
@@ -265,8 +321,13 @@ impl NumericReference {
     pub fn edges(&self) -> &[f64] {
         &self.edges
     }
+    /// Reference count per bin (e[j-1], e[j]].
     pub fn counts(&self) -> &[u64] {
         &self.counts
+    }
+    /// Reference count per slot (2m + 1: inside bin j, at edge j, ..., above every edge).
+    pub fn slots(&self) -> &[u64] {
+        &self.slots
     }
     pub fn psi_edges(&self) -> &[f64] {
         &self.psi_edges
@@ -307,12 +368,10 @@ impl NumericReference {
         w.u32(self.bins);
         w.u32(self.psi_bins);
         w.f64s(&self.edges);
-        w.varints(&self.counts);
+        w.varints(&self.slots);
         w.f64s(&self.psi_edges);
-        w.varint(self.n);
         w.varint(self.missing);
         self.moments.write(&mut w);
-        w.f64(self.ks_bound);
         w.finish()
     }
 
@@ -321,28 +380,28 @@ impl NumericReference {
         let bins = r.u32()?;
         let psi_bins = r.u32()?;
         let edges = r.f64s()?;
-        let counts = r.varints()?;
+        let slots = r.varints()?;
         let psi_edges = r.f64s()?;
-        let n = r.varint()?;
         let missing = r.varint()?;
         let moments = Moments::read(&mut r)?;
-        let ks_bound = r.f64()?;
         if !strictly_increasing(&edges) || !strictly_increasing(&psi_edges) {
             return r.malformed("edges are not strictly increasing");
         }
-        if counts.len() != edges.len() + 1 || counts.iter().sum::<u64>() != n || n == 0 {
-            return r.malformed("bin counts do not match the edges and the count");
+        let total = slots.iter().try_fold(0u64, |a, b| a.checked_add(*b));
+        if slots.len() != 2 * edges.len() + 1 || !matches!(total, Some(t) if t > 0) {
+            return r.malformed("slot counts do not match the edges");
         }
-        if !psi_edges.iter().all(|p| edges.binary_search_by(|e| e.total_cmp(p)).is_ok()) {
+        if !psi_edges
+            .iter()
+            .all(|p| edges.binary_search_by(|e| e.total_cmp(p)).is_ok())
+        {
             return r.malformed("PSI edges are not a subset of the edges");
         }
-        if !(0.0..=1.0).contains(&ks_bound) {
-            return r.malformed("ks_bound outside [0, 1]");
+        if edges.iter().any(|e| e.to_bits() == (-0.0f64).to_bits()) {
+            return r.malformed("negative zero edge");
         }
         r.finish()?;
-        Self::assemble(
-            bins, psi_bins, edges, counts, psi_edges, n, missing, moments, ks_bound,
-        )
+        Self::assemble(bins, psi_bins, edges, slots, psi_edges, missing, moments)
     }
 }
 
@@ -350,12 +409,12 @@ fn strictly_increasing(v: &[f64]) -> bool {
     v.iter().all(|x| !x.is_nan()) && v.windows(2).all(|w| w[0] < w[1])
 }
 
-/// Counts of one window's values in the bins of one reference, plus moments.
+/// Counts of one window's values in the slots of one reference, plus moments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NumericSketch {
     fingerprint: Fingerprint,
-    counts: Vec<u64>,
-    missing: u64,
+    /// 2m + 2 slots; the last one counts NaN (missing).
+    slots: Vec<u64>,
     moments: Moments,
 }
 
@@ -363,14 +422,14 @@ impl NumericSketch {
     pub fn new(reference: &NumericReference) -> Self {
         NumericSketch {
             fingerprint: reference.fingerprint,
-            counts: vec![0; reference.counts.len()],
-            missing: 0,
+            slots: vec![0; reference.slots.len() + 1],
             moments: Moments::default(),
         }
     }
 
     fn check(&self, reference: &NumericReference) -> Result<()> {
-        if self.fingerprint != reference.fingerprint || self.counts.len() != reference.counts.len()
+        if self.fingerprint != reference.fingerprint
+            || self.slots.len() != reference.slots.len() + 1
         {
             return Err(DriftError::Mismatch(format!(
                 "this sketch was made for reference {:016x}, not for reference {:016x}",
@@ -384,36 +443,41 @@ impl NumericSketch {
     pub fn update(&mut self, reference: &NumericReference, values: &[f64]) -> Result<()> {
         self.check(reference)?;
         for chunk in values.chunks(CHUNK) {
-            self.missing += reference.index.count_into(chunk, &mut self.counts);
-            self.moments.add(chunk);
+            reference.index.count_raw(chunk, &mut self.slots);
+            let nan = self.moments.add(chunk);
+            reference.index.move_nan(&mut self.slots, nan);
         }
         Ok(())
     }
 
     pub fn merge(&mut self, other: &NumericSketch) -> Result<()> {
-        if other.fingerprint != self.fingerprint || other.counts.len() != self.counts.len() {
+        if other.fingerprint != self.fingerprint || other.slots.len() != self.slots.len() {
             return Err(DriftError::Mismatch(format!(
                 "cannot merge sketches of different references ({:016x} and {:016x})",
                 self.fingerprint, other.fingerprint
             )));
         }
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+        for (a, b) in self.slots.iter_mut().zip(&other.slots) {
             *a += b;
         }
-        self.missing += other.missing;
         self.moments.merge(&other.moments);
         Ok(())
     }
 
-    pub fn counts(&self) -> &[u64] {
-        &self.counts
+    /// Count per slot, without the NaN slot (2m + 1, aligned with the reference's slots).
+    pub fn slots(&self) -> &[u64] {
+        &self.slots[..self.slots.len() - 1]
+    }
+    /// Count per bin (e[j-1], e[j]].
+    pub fn counts(&self) -> Vec<u64> {
+        self.slots().chunks(2).map(|c| c.iter().sum()).collect()
     }
     /// Non-missing values seen.
     pub fn n(&self) -> u64 {
-        self.counts.iter().sum()
+        self.slots().iter().sum()
     }
     pub fn missing(&self) -> u64 {
-        self.missing
+        self.slots[self.slots.len() - 1]
     }
     pub fn moments(&self) -> &Moments {
         &self.moments
@@ -425,8 +489,7 @@ impl NumericSketch {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new(Kind::NumericSketch);
         w.u64(self.fingerprint);
-        w.varints(&self.counts);
-        w.varint(self.missing);
+        w.varints(&self.slots);
         self.moments.write(&mut w);
         w.finish()
     }
@@ -434,14 +497,19 @@ impl NumericSketch {
     pub fn from_bytes(data: &[u8], reference: &NumericReference) -> Result<Self> {
         let mut r = Reader::open(data, Kind::NumericSketch)?;
         let fingerprint = r.u64()?;
-        let counts = r.varints()?;
-        let missing = r.varint()?;
+        let slots = r.varints()?;
         let moments = Moments::read(&mut r)?;
+        if slots
+            .iter()
+            .try_fold(0u64, |a, b| a.checked_add(*b))
+            .is_none()
+        {
+            return r.malformed("counts overflow");
+        }
         r.finish()?;
         let s = NumericSketch {
             fingerprint,
-            counts,
-            missing,
+            slots,
             moments,
         };
         s.check(reference)?;
@@ -461,6 +529,7 @@ mod tests {
         assert_eq!(r.edges(), &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(r.ks_bound(), 0.0);
         assert_eq!(r.counts()[0], 143);
+        assert_eq!(&r.slots()[..3], &[0, 143, 0]);
         assert_eq!(*r.counts().last().unwrap(), 0);
     }
 
@@ -480,7 +549,7 @@ mod tests {
         let r = NumericReference::build(&v, 1024, 10).unwrap();
         let mut s = NumericSketch::new(&r);
         s.update(&r, &v).unwrap();
-        assert_eq!(s.counts(), r.counts());
+        assert_eq!(s.slots(), r.slots());
         assert!(r.ks_bound() <= 1.0 / 1024.0 + 1e-12);
     }
 

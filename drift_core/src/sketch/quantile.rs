@@ -32,8 +32,7 @@ impl Store {
             self.counts.splice(0..0, std::iter::repeat_n(0, grow));
             self.offset = key;
         } else if key >= self.offset + self.counts.len() as i32 {
-            self.counts
-                .resize((key - self.offset) as usize + 1, 0);
+            self.counts.resize((key - self.offset) as usize + 1, 0);
         }
         self.counts[(key - self.offset) as usize] += n;
         if self.counts.len() > max_bins {
