@@ -17,6 +17,32 @@ fn main() {
     let reference: Vec<f64> = (0..1_000_000).map(|_| normal()).collect();
     let x: Vec<f64> = (0..10_000_000).map(|_| normal() * 1.1 + 0.1).collect();
     let r = NumericReference::build(&reference, 1024, 10).unwrap();
+    {
+        let mut sk = NumericSketch::new(&r);
+        sk.update(&r, &x[..1000]).unwrap();
+        let t = Instant::now();
+        let mut acc = 0.0;
+        let reps = std::env::var("REPS")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(10_000);
+        for _ in 0..reps {
+            acc += std::hint::black_box(_drift_core::compare::compare_numeric(&r, &sk).unwrap()).ks;
+        }
+        println!(
+            "compare_numeric: {:.2} us ({acc})",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
+        let t = Instant::now();
+        let mut acc = 0.0;
+        for i in 0..10_000 {
+            acc +=
+                _drift_core::compare::ks::ks_2samp_pvalue(0.03 + i as f64 * 1e-7, 1_000_000, 1000);
+        }
+        println!(
+            "ks_2samp_pvalue: {:.2} us ({acc})",
+            t.elapsed().as_secs_f64() / 1e4 * 1e6
+        );
+    }
     for _ in 0..3 {
         let mut sk = NumericSketch::new(&r);
         let t = Instant::now();
@@ -33,3 +59,6 @@ fn main() {
         );
     }
 }
+
+#[allow(dead_code)]
+fn unused() {}

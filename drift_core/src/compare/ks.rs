@@ -122,9 +122,9 @@ fn durbin_cdf(n: usize, x: f64) -> f64 {
     // first column and last row: (1 - h^i) / i!, corner (1 - 2h^m + max(0, 2h - 1)^m) / m!
     let mut fact = 1.0;
     let mut inv_fact = vec![1.0f64; m + 1];
-    for i in 1..=m {
+    for (i, f) in inv_fact.iter_mut().enumerate().skip(1) {
         fact *= i as f64;
-        inv_fact[i] = 1.0 / fact;
+        *f = 1.0 / fact;
     }
     for i in 0..m {
         for j in 0..m {

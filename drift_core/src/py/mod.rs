@@ -5,6 +5,7 @@ use std::sync::Arc;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
@@ -54,6 +55,9 @@ impl From<DriftError> for PyErr {
         }
     }
 }
+
+/// What `__reduce__` returns: a constructor and its arguments.
+type Reduced<'py, Args> = PyResult<(Bound<'py, PyAny>, Args)>;
 
 /// Below this many values the GIL round trip costs more than it frees.
 const DETACH_MIN: usize = 1 << 14;
@@ -184,9 +188,7 @@ impl NumericReference {
         PyBytes::new(py, &self.inner.to_bytes())
     }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> Reduced<'py, (Bound<'py, PyBytes>,)> {
         let from = slf.get_type().getattr("from_bytes")?;
         Ok((from, (slf.get().to_bytes(slf.py()),)))
     }
@@ -308,9 +310,7 @@ impl CategoricalReference {
         PyBytes::new(py, &self.inner.to_bytes())
     }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> Reduced<'py, (Bound<'py, PyBytes>,)> {
         let from = slf.get_type().getattr("from_bytes")?;
         Ok((from, (slf.get().to_bytes(slf.py()),)))
     }
@@ -424,7 +424,7 @@ impl NumericSketch {
 
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, NumericReference))> {
+    ) -> Reduced<'py, (Bound<'py, PyBytes>, NumericReference)> {
         let from = slf.get_type().getattr("from_bytes")?;
         let me = slf.borrow();
         Ok((from, (me.to_bytes(slf.py()), me.reference())))
@@ -555,10 +555,7 @@ impl CategoricalSketch {
 
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
-    ) -> PyResult<(
-        Bound<'py, PyAny>,
-        (Bound<'py, PyBytes>, CategoricalReference),
-    )> {
+    ) -> Reduced<'py, (Bound<'py, PyBytes>, CategoricalReference)> {
         let from = slf.get_type().getattr("from_bytes")?;
         let me = slf.borrow();
         Ok((from, (me.to_bytes(slf.py()), me.reference())))
@@ -657,9 +654,7 @@ impl QuantileSketch {
         })
     }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> Reduced<'py, (Bound<'py, PyBytes>,)> {
         let from = slf.get_type().getattr("from_bytes")?;
         Ok((from, (slf.borrow().to_bytes(slf.py()),)))
     }
@@ -714,9 +709,9 @@ impl QuantileSketch {
 
 // ---------------------------------------------------------------------------- compare
 
-enum Pair {
-    Numeric(Arc<num::NumericReference>, num::NumericSketch),
-    Categorical(Arc<cat::CategoricalReference>, cat::CategoricalSketch),
+enum Pair<'a> {
+    Numeric(&'a num::NumericReference, &'a num::NumericSketch),
+    Categorical(&'a cat::CategoricalReference, &'a cat::CategoricalSketch),
 }
 
 enum Figures {
@@ -724,24 +719,39 @@ enum Figures {
     Categorical(CategoricalComparison),
 }
 
-fn extract_pair(reference: &Bound<'_, PyAny>, sketch: &Bound<'_, PyAny>) -> PyResult<Pair> {
+/// Borrowed sides of one comparison; the guards keep the sketches borrowed.
+enum Borrowed<'py> {
+    Numeric(Bound<'py, NumericReference>, PyRef<'py, NumericSketch>),
+    Categorical(
+        Bound<'py, CategoricalReference>,
+        PyRef<'py, CategoricalSketch>,
+    ),
+}
+
+impl Borrowed<'_> {
+    fn pair(&self) -> Pair<'_> {
+        match self {
+            Borrowed::Numeric(r, s) => Pair::Numeric(&r.get().inner, &s.inner),
+            Borrowed::Categorical(r, s) => Pair::Categorical(&r.get().inner, &s.inner),
+        }
+    }
+}
+
+fn borrow_pair<'py>(
+    reference: &Bound<'py, PyAny>,
+    sketch: &Bound<'py, PyAny>,
+) -> PyResult<Borrowed<'py>> {
     if let (Ok(r), Ok(s)) = (
         reference.cast::<NumericReference>(),
         sketch.cast::<NumericSketch>(),
     ) {
-        return Ok(Pair::Numeric(
-            r.get().inner.clone(),
-            s.borrow().inner.clone(),
-        ));
+        return Ok(Borrowed::Numeric(r.clone(), s.try_borrow()?));
     }
     if let (Ok(r), Ok(s)) = (
         reference.cast::<CategoricalReference>(),
         sketch.cast::<CategoricalSketch>(),
     ) {
-        return Ok(Pair::Categorical(
-            r.get().inner.clone(),
-            s.borrow().inner.clone(),
-        ));
+        return Ok(Borrowed::Categorical(r.clone(), s.try_borrow()?));
     }
     Err(InvalidInputError::new_err(format!(
         "compare takes a (NumericReference, NumericSketch) or a \
@@ -751,8 +761,8 @@ fn extract_pair(reference: &Bound<'_, PyAny>, sketch: &Bound<'_, PyAny>) -> PyRe
     )))
 }
 
-fn run(pair: &Pair) -> Result<Figures, DriftError> {
-    Ok(match pair {
+fn run(pair: &Pair<'_>) -> Result<Figures, DriftError> {
+    Ok(match *pair {
         Pair::Numeric(r, s) => Figures::Numeric(cmp::compare_numeric(r, s)?),
         Pair::Categorical(r, s) => Figures::Categorical(cmp::compare_categorical(r, s)?),
     })
@@ -762,38 +772,44 @@ fn figures_dict<'py>(py: Python<'py>, f: &Figures) -> PyResult<Bound<'py, PyDict
     let d = PyDict::new(py);
     match f {
         Figures::Numeric(c) => {
-            d.set_item("kind", "numeric")?;
-            d.set_item("n", c.n)?;
-            d.set_item("missing", c.missing)?;
-            d.set_item("missing_share", c.missing_share)?;
-            d.set_item("reference_missing_share", c.reference_missing_share)?;
-            d.set_item("missing_pvalue", c.missing_pvalue)?;
-            d.set_item("ks", c.ks)?;
-            d.set_item("ks_pvalue", c.ks_pvalue)?;
-            d.set_item("ks_bound", c.ks_bound)?;
-            d.set_item("psi", c.psi)?;
-            d.set_item("wasserstein", c.wasserstein)?;
-            d.set_item("wasserstein_norm", c.wasserstein_norm)?;
-            d.set_item("mean", c.mean)?;
-            d.set_item("std", c.std)?;
-            d.set_item("min", c.min)?;
-            d.set_item("max", c.max)?;
-            d.set_item("reference_mean", c.reference_mean)?;
-            d.set_item("reference_std", c.reference_std)?;
+            d.set_item(intern!(py, "kind"), "numeric")?;
+            d.set_item(intern!(py, "n"), c.n)?;
+            d.set_item(intern!(py, "missing"), c.missing)?;
+            d.set_item(intern!(py, "missing_share"), c.missing_share)?;
+            d.set_item(
+                intern!(py, "reference_missing_share"),
+                c.reference_missing_share,
+            )?;
+            d.set_item(intern!(py, "missing_pvalue"), c.missing_pvalue)?;
+            d.set_item(intern!(py, "ks"), c.ks)?;
+            d.set_item(intern!(py, "ks_pvalue"), c.ks_pvalue)?;
+            d.set_item(intern!(py, "ks_bound"), c.ks_bound)?;
+            d.set_item(intern!(py, "psi"), c.psi)?;
+            d.set_item(intern!(py, "wasserstein"), c.wasserstein)?;
+            d.set_item(intern!(py, "wasserstein_norm"), c.wasserstein_norm)?;
+            d.set_item(intern!(py, "mean"), c.mean)?;
+            d.set_item(intern!(py, "std"), c.std)?;
+            d.set_item(intern!(py, "min"), c.min)?;
+            d.set_item(intern!(py, "max"), c.max)?;
+            d.set_item(intern!(py, "reference_mean"), c.reference_mean)?;
+            d.set_item(intern!(py, "reference_std"), c.reference_std)?;
         }
         Figures::Categorical(c) => {
-            d.set_item("kind", "categorical")?;
-            d.set_item("n", c.n)?;
-            d.set_item("missing", c.missing)?;
-            d.set_item("missing_share", c.missing_share)?;
-            d.set_item("reference_missing_share", c.reference_missing_share)?;
-            d.set_item("missing_pvalue", c.missing_pvalue)?;
-            d.set_item("chi2", c.chi2)?;
-            d.set_item("chi2_dof", c.chi2_dof)?;
-            d.set_item("chi2_pvalue", c.chi2_pvalue)?;
-            d.set_item("js", c.js)?;
-            d.set_item("psi", c.psi)?;
-            d.set_item("unseen_share", c.unseen_share)?;
+            d.set_item(intern!(py, "kind"), "categorical")?;
+            d.set_item(intern!(py, "n"), c.n)?;
+            d.set_item(intern!(py, "missing"), c.missing)?;
+            d.set_item(intern!(py, "missing_share"), c.missing_share)?;
+            d.set_item(
+                intern!(py, "reference_missing_share"),
+                c.reference_missing_share,
+            )?;
+            d.set_item(intern!(py, "missing_pvalue"), c.missing_pvalue)?;
+            d.set_item(intern!(py, "chi2"), c.chi2)?;
+            d.set_item(intern!(py, "chi2_dof"), c.chi2_dof)?;
+            d.set_item(intern!(py, "chi2_pvalue"), c.chi2_pvalue)?;
+            d.set_item(intern!(py, "js"), c.js)?;
+            d.set_item(intern!(py, "psi"), c.psi)?;
+            d.set_item(intern!(py, "unseen_share"), c.unseen_share)?;
         }
     }
     Ok(d)
@@ -805,8 +821,8 @@ fn compare<'py>(
     reference: &Bound<'py, PyAny>,
     sketch: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let pair = extract_pair(reference, sketch)?;
-    figures_dict(reference.py(), &run(&pair)?)
+    let borrowed = borrow_pair(reference, sketch)?;
+    figures_dict(reference.py(), &run(&borrowed.pair())?)
 }
 
 /// Compares many (reference, sketch) pairs in one call, without the GIL.
@@ -815,11 +831,13 @@ fn compare_many<'py>(
     py: Python<'py>,
     pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let pairs: Vec<Pair> = pairs
+    let borrowed: Vec<Borrowed<'py>> = pairs
         .iter()
-        .map(|(r, s)| extract_pair(r, s))
+        .map(|(r, s)| borrow_pair(r, s))
         .collect::<PyResult<_>>()?;
-    let out: Vec<Result<Figures, DriftError>> = py.detach(|| pairs.iter().map(run).collect());
+    let views: Vec<Pair<'_>> = borrowed.iter().map(Borrowed::pair).collect();
+    let out: Vec<Result<Figures, DriftError>> =
+        detach_if(py, views.len() * 1024, || views.iter().map(run).collect());
     out.into_iter().map(|f| figures_dict(py, &f?)).collect()
 }
 

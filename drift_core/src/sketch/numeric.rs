@@ -31,6 +31,8 @@ pub struct NumericReference {
     slots: Vec<u64>,
     /// Reference count per bin (e[j-1], e[j]], m + 1 bins.
     counts: Vec<u64>,
+    /// Reference CDF after each slot (2m + 1 entries; the last is 1).
+    cdf: Vec<f64>,
     /// For each bin, the PSI bin it belongs to.
     psi_of_bin: Vec<u32>,
     psi_edges: Vec<f64>,
@@ -280,6 +282,14 @@ impl NumericReference {
         let n: u64 = slots.iter().sum();
         let counts: Vec<u64> = slots.chunks(2).map(|c| c.iter().sum()).collect();
         let ks_bound = slots.iter().step_by(2).copied().max().unwrap_or(0) as f64 / n as f64;
+        let mut below = 0u64;
+        let cdf: Vec<f64> = slots
+            .iter()
+            .map(|c| {
+                below += c;
+                below as f64 / n as f64
+            })
+            .collect();
         let mut psi_of_bin = Vec::with_capacity(counts.len());
         let mut p = 0u32;
         for j in 0..counts.len() {
@@ -306,6 +316,7 @@ impl NumericReference {
             edges,
             slots,
             counts,
+            cdf,
             psi_of_bin,
             psi_edges,
             psi_counts,
@@ -324,6 +335,10 @@ impl NumericReference {
     /// Reference count per bin (e[j-1], e[j]].
     pub fn counts(&self) -> &[u64] {
         &self.counts
+    }
+    /// Reference CDF after each slot.
+    pub fn cdf(&self) -> &[f64] {
+        &self.cdf
     }
     /// Reference count per slot (2m + 1: inside bin j, at edge j, ..., above every edge).
     pub fn slots(&self) -> &[u64] {
@@ -442,10 +457,11 @@ impl NumericSketch {
     /// Adds a batch of values (NaN = missing, ±inf land in the outer bins).
     pub fn update(&mut self, reference: &NumericReference, values: &[f64]) -> Result<()> {
         self.check(reference)?;
+        let index = &reference.index;
         for chunk in values.chunks(CHUNK) {
-            reference.index.count_raw(chunk, &mut self.slots);
+            index.count_raw(chunk, &mut self.slots);
             let nan = self.moments.add(chunk);
-            reference.index.move_nan(&mut self.slots, nan);
+            index.move_nan(&mut self.slots, nan);
         }
         Ok(())
     }
