@@ -308,7 +308,9 @@ def kolmogorov_sf(n: int, x: float) -> float:
     """P(D_n >= x) for the one-sample two-sided Kolmogorov distribution."""
 
 def ks_pvalue(statistic: float, n1: int, n2: int) -> float:
-    """Two-sample KS p-value as SciPy's ``ks_2samp(method="asymp")`` (within 1e-3)."""
+    """Two-sample KS p-value as SciPy's ``ks_2samp(method="asymp")``: within 1e-3 of it;
+    below 1e-7 a tail approximation (within 20% down to 1e-30 at n >= 1000, conservative
+    otherwise). Well under a microsecond at any n."""
 
 def psi(expected: Sequence[int], actual: Sequence[int]) -> float:
     """PSI = sum((a - e) ln(a / e)) over count shares floored at PSI_EPSILON."""

@@ -269,11 +269,11 @@ impl NumericReference {
     }
     fn __repr__(&self) -> String {
         format!(
-            "NumericReference(n={}, missing={}, bins={}, psi_bins={}, fingerprint='{}')",
+            "NumericReference(n={}, missing={}, edges={}, psi_edges={}, fingerprint='{}')",
             self.inner.n(),
             self.inner.missing(),
-            self.inner.counts().len(),
-            self.inner.psi_counts().len(),
+            self.inner.edges().len(),
+            self.inner.psi_edges().len(),
             hex(self.inner.fingerprint())
         )
     }

@@ -1,4 +1,5 @@
-//! Rust-level breakdown of the sketch update (no Python): `cargo run --release --example speed --no-default-features`
+//! Rust-level breakdown of the hot paths (no Python):
+//! `cargo run --release --no-default-features --example speed`
 use _drift_core::sketch::numeric::{NumericReference, NumericSketch};
 use std::time::Instant;
 

@@ -1,8 +1,8 @@
 """drift_core benchmarks: each figure is printed next to a NumPy/SciPy baseline run in the
 same process on the same data, as a ratio. Not a test: it asserts nothing.
 
-    python benches/bench_drift_core.py            # full size (10M values)
-    python benches/bench_drift_core.py --quick    # smaller, for a smoke run
+    python tests/benchmarks/bench_drift_core.py            # full size (10M values)
+    python tests/benchmarks/bench_drift_core.py --quick    # smaller, for a smoke run
 """
 
 from __future__ import annotations
