@@ -1,1 +1,1 @@
-"""driftline alerts: rule engine, retrain events and webhook delivery (filled in by the alerts work)."""
+"""driftline alerts: rule engine, retrain events and webhook delivery."""

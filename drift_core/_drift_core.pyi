@@ -1,10 +1,34 @@
 """Type stubs of the Rust extension. Documentation of every public name lives here."""
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, final, overload
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PSI_EPSILON",
+    "CategoricalReference",
+    "CategoricalSketch",
+    "DecodeError",
+    "DriftCoreError",
+    "DriftlineError",
+    "InvalidInputError",
+    "NumericReference",
+    "NumericSketch",
+    "QuantileSketch",
+    "ReferenceMismatchError",
+    "chi2_homogeneity",
+    "compare",
+    "compare_many",
+    "js_distance",
+    "kolmogorov_sf",
+    "ks_pvalue",
+    "psi",
+    "two_proportion_pvalue",
+    "update_many",
+]
 
 FORMAT_VERSION: int
 """Version of the binary format written by every ``to_bytes``."""
@@ -27,8 +51,9 @@ class ReferenceMismatchError(DriftCoreError):
 class DecodeError(DriftCoreError):
     """Bytes that are not a valid profile or sketch of this format version."""
 
-ArrayLike = npt.ArrayLike
+ArrayLike = npt.ArrayLike | Sequence[float | None]
 
+@final
 class NumericReference:
     """Profile of a numeric feature's reference distribution.
 
@@ -70,6 +95,9 @@ class NumericReference:
     def counts(self) -> npt.NDArray[np.uint64]:
         """Reference count per bin."""
     @property
+    def slots(self) -> npt.NDArray[np.uint64]:
+        """Reference count per slot: inside bin j, at edge j, ..., above every edge."""
+    @property
     def psi_edges(self) -> npt.NDArray[np.float64]: ...
     @property
     def psi_counts(self) -> npt.NDArray[np.uint64]: ...
@@ -92,9 +120,10 @@ class NumericReference:
     @property
     def fingerprint(self) -> str:
         """16 hex digits identifying the profile; sketches carry it."""
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
+@final
 class CategoricalReference:
     """Profile of a categorical feature's reference distribution.
 
@@ -127,16 +156,17 @@ class CategoricalReference:
         """True when more untracked categories existed than could be remembered."""
     @property
     def fingerprint(self) -> str: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
+@final
 class NumericSketch:
     """One window's values of one numeric feature, counted in its reference's bins.
 
     Mergeable (``merge``) and serialisable (``to_bytes``; about 1-2 KiB at 1024 bins).
     """
 
-    def __init__(self, reference: NumericReference) -> None: ...
+    def __new__(cls, reference: NumericReference) -> NumericSketch: ...
     def update(self, values: ArrayLike) -> None:
         """Adds values (zero-copy for contiguous float64; GIL released on large arrays)."""
     def merge(self, other: NumericSketch) -> None:
@@ -152,7 +182,11 @@ class NumericSketch:
     @property
     def kind(self) -> Literal["numeric"]: ...
     @property
-    def counts(self) -> npt.NDArray[np.uint64]: ...
+    def counts(self) -> npt.NDArray[np.uint64]:
+        """Count per bin (e[j-1], e[j]]."""
+    @property
+    def slots(self) -> npt.NDArray[np.uint64]:
+        """Count per slot: inside bin j, at edge j, ..., above every edge."""
     @property
     def n(self) -> int:
         """Non-missing values counted."""
@@ -174,15 +208,16 @@ class NumericSketch:
     @property
     def std(self) -> float:
         """Population standard deviation of the finite values."""
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
+@final
 class CategoricalSketch:
     """One window's values of one categorical feature, in its reference's buckets.
 
     ``max_categories + 2`` counters whatever the window's cardinality.
     """
 
-    def __init__(self, reference: CategoricalReference) -> None: ...
+    def __new__(cls, reference: CategoricalReference) -> CategoricalSketch: ...
     def update(self, values: Iterable[object]) -> None:
         """Adds categories (str; None/NaN = missing; others by str()). All or nothing."""
     def merge(self, other: CategoricalSketch) -> None: ...
@@ -205,8 +240,9 @@ class CategoricalSketch:
     @property
     def unseen(self) -> int:
         """Values of categories never seen in the reference."""
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
+@final
 class QuantileSketch:
     """DDSketch: ``quantile(q)`` is within ``relative_accuracy * |x|`` of x, the exact
     value at rank ``floor(q * (count - 1))`` (NumPy ``method="lower"``), unless more than
@@ -214,7 +250,7 @@ class QuantileSketch:
     NaN is missing; ±inf are counted in ``infinite`` and left out. Merging is exact.
     """
 
-    def __init__(self, relative_accuracy: float = 0.01, max_bins: int = 2048) -> None: ...
+    def __new__(cls, relative_accuracy: float = 0.01, max_bins: int = 2048) -> QuantileSketch: ...
     def update(self, values: ArrayLike) -> None: ...
     def merge(self, other: QuantileSketch) -> None: ...
     def copy(self) -> QuantileSketch: ...
@@ -241,7 +277,7 @@ class QuantileSketch:
     def min(self) -> float: ...
     @property
     def max(self) -> float: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 class NumericFigures(TypedDict):
     """Figures of a numeric feature in one window (NaN where the window has no values)."""
@@ -283,10 +319,10 @@ class CategoricalFigures(TypedDict):
 
 Figures = NumericFigures | CategoricalFigures
 
-def compare(
-    reference: NumericReference | CategoricalReference,
-    sketch: NumericSketch | CategoricalSketch,
-) -> Figures:
+@overload
+def compare(reference: NumericReference, sketch: NumericSketch) -> NumericFigures: ...
+@overload
+def compare(reference: CategoricalReference, sketch: CategoricalSketch) -> CategoricalFigures:
     """Compares one window sketch with its reference.
 
     Numeric: KS statistic and asymptotic p-value, PSI, Wasserstein-1 (NaN when either side

@@ -68,14 +68,15 @@ def main() -> None:
                 sketches[name] = cat
         pairs = [(references[k], sketches[k]) for k in references]
         for name, figures in zip(references, dc.compare_many(pairs), strict=True):  # type: ignore[arg-type]
-            breaches = [
-                metric
-                for metric, threshold in (("psi", PSI_THRESHOLD), ("ks", KS_THRESHOLD))
-                if metric in figures
-                and stats.breached(metric, float(figures[metric]), threshold)  # type: ignore[literal-required]
-            ]
-            ks = f"{figures['ks']:7.3f}" if "ks" in figures else "      -"
-            pvalue = figures.get("ks_pvalue", figures.get("chi2_pvalue", float("nan")))
+            breaches = []
+            if stats.breached("psi", figures["psi"], PSI_THRESHOLD):
+                breaches.append("psi")
+            if figures["kind"] == "numeric":
+                ks, pvalue = f"{figures['ks']:7.3f}", figures["ks_pvalue"]
+                if stats.breached("ks", figures["ks"], KS_THRESHOLD):
+                    breaches.append("ks")
+            else:
+                ks, pvalue = "      -", figures["chi2_pvalue"]
             flag = ("DRIFT " + ",".join(breaches)) if breaches else ""
             print(
                 f"{hour:>6}  {name:8} {figures['n']:>6} {ks} {pvalue:9.2e} "

@@ -1,1 +1,1 @@
-"""driftline serving_hooks: event publishers for serving pods (filled in by the serving work)."""
+"""driftline serving_hooks: event publishers for serving pods."""

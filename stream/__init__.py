@@ -1,1 +1,1 @@
-"""driftline stream: the event-time window engine and its drivers (filled in by the stream work)."""
+"""driftline stream: the event-time window engine and its drivers."""

@@ -12,14 +12,14 @@ import os
 # NumPy's BLAS threads spin on a 2-core machine and steal time from both sides.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import time
+from collections.abc import Callable
 
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+from scipy import stats
 
-import drift_core as dc  # noqa: E402
+import drift_core as dc
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:
@@ -68,8 +68,11 @@ def bench_update(n: int, repeat: int) -> None:
         t_ours = best_of(ours, repeat)
         t_ss = best_of(searchsorted, repeat)
         t_hist = best_of(histogram, repeat)
-        t_sum = best_of(lambda x=x: x.sum(), repeat)  # type: ignore[misc]
-        rate = lambda t: n / t / 1e6  # noqa: E731
+        t_sum = best_of(x.sum, repeat)
+
+        def rate(t: float) -> float:
+            return n / t / 1e6
+
         print(
             f"{name:10} {rate(t_ours):12.0f} {rate(t_ss):13.0f} {rate(t_hist):11.0f} "
             f"{rate(t_sum):11.0f} {min(t_ss, t_hist) / t_ours:13.1f}x "
@@ -98,7 +101,11 @@ def bench_window(features: int, rows: int, ref_rows: int, repeat: int) -> None:
 
     got = ours()
     exact = scipy_loop()
-    worst = max(abs(g["ks"] - e) - g["ks_bound"] for g, e in zip(got, exact, strict=True))
+    worst = max(
+        abs(g["ks"] - e) - g["ks_bound"]
+        for g, e in zip(got, exact, strict=True)
+        if g["kind"] == "numeric"
+    )
     assert worst <= 1e-12, "binned KS outside its stated bound"
     t_ours = best_of(ours, repeat)
     t_scipy = best_of(scipy_loop, max(1, repeat // 2))
@@ -114,7 +121,7 @@ def bench_window(features: int, rows: int, ref_rows: int, repeat: int) -> None:
 
 def bench_pvalue(calls: int) -> None:
     print("\n== KS p-value per call (two-sample, reference n1 = 100000) ==")
-    print(f"{'window n2':>10} {'drift_core us':>14} {'scipy kstwo us':>15} {'ratio':>8} {'|diff|':>10}")
+    print(f"{'window n2':>10} {'drift_core us':>14} {'scipy us':>9} {'ratio':>8} {'|diff|':>10}")
     n1 = 100_000
     for n2 in (50, 1_000, 10_000, 100_000):
         en = round(n1 * n2 / (n1 + n2))
@@ -129,7 +136,7 @@ def bench_pvalue(calls: int) -> None:
             theirs = float(stats.kstwo.sf(d, en))
         t_scipy = (time.perf_counter() - t0) / k
         print(
-            f"{n2:>10} {t_ours * 1e6:14.2f} {t_scipy * 1e6:15.1f} "
+            f"{n2:>10} {t_ours * 1e6:14.2f} {t_scipy * 1e6:9.1f} "
             f"{t_scipy / t_ours:7.0f}x {abs(ours - theirs):10.1e}"
         )
 

@@ -3,6 +3,7 @@ against independent NumPy / SciPy computations."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -119,7 +120,7 @@ def wasserstein_bound(reference: np.ndarray, current: np.ndarray, edges: np.ndar
     hi = max(reference.max(), current.max())
     points = np.concatenate([[lo], edges, [hi]])
     bound = 0.0
-    for a, b in zip(points[:-1], points[1:], strict=True):
+    for a, b in itertools.pairwise(points):
         p = np.mean((reference >= a) & (reference <= b))
         q = np.mean((current >= a) & (current <= b))
         bound += (b - a) * (p + q)

@@ -165,7 +165,7 @@ pub struct NumericReference {
 #[pymethods]
 impl NumericReference {
     #[staticmethod]
-    #[pyo3(signature = (values, bins = num::DEFAULT_BINS, psi_bins = num::DEFAULT_PSI_BINS))]
+    #[pyo3(signature = (values, bins = 1024, psi_bins = 10))]
     fn build(values: &Bound<'_, PyAny>, bins: usize, psi_bins: usize) -> PyResult<Self> {
         let arr = as_f64_1d(values)?;
         let slice = arr.as_slice()?;
@@ -288,7 +288,7 @@ pub struct CategoricalReference {
 #[pymethods]
 impl CategoricalReference {
     #[staticmethod]
-    #[pyo3(signature = (values, max_categories = cat::DEFAULT_MAX_CATEGORIES))]
+    #[pyo3(signature = (values, max_categories = 100))]
     fn build(values: &Bound<'_, PyAny>, max_categories: usize) -> PyResult<Self> {
         let mut owned: Vec<Option<String>> = Vec::new();
         for_each_category(values, |v| owned.push(v.map(str::to_owned)))?;
@@ -608,7 +608,7 @@ pub struct QuantileSketch {
 #[pymethods]
 impl QuantileSketch {
     #[new]
-    #[pyo3(signature = (relative_accuracy = qs::DEFAULT_ALPHA, max_bins = qs::DEFAULT_MAX_BINS))]
+    #[pyo3(signature = (relative_accuracy = 0.01, max_bins = 2048))]
     fn new(relative_accuracy: f64, max_bins: u32) -> PyResult<Self> {
         Ok(QuantileSketch {
             inner: qs::QuantileSketch::new(relative_accuracy, max_bins)?,
@@ -949,6 +949,11 @@ fn same_len(a: &[u64], b: &[u64]) -> PyResult<()> {
     }
     Ok(())
 }
+
+// The Python signatures spell the defaults out (so they show in help() and the stubs);
+// they must stay equal to the core's.
+const _: () = assert!(num::DEFAULT_BINS == 1024 && num::DEFAULT_PSI_BINS == 10);
+const _: () = assert!(cat::DEFAULT_MAX_CATEGORIES == 100 && qs::DEFAULT_MAX_BINS == 2048);
 
 #[pymodule]
 fn _drift_core(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -1,0 +1,77 @@
+# driftline — `make help` lists the targets.
+#
+# Everything runs from a fresh clone: `make setup` creates .venv with the pinned tools
+# and builds the Rust extension. Rust (cargo) and Python 3.11 come with the machine.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.deps-stamp
+WHEEL_DIR := target/wheels
+
+export OPENBLAS_NUM_THREADS ?= 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup develop demo test test-rust test-python lint format wheel wheel-check bench bench-rust clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip==25.3
+	$(PIP) install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+setup: $(STAMP) develop  ## create .venv with pinned tools and build the extension
+
+develop: $(STAMP)  ## (re)build the Rust extension into .venv (editable, release mode)
+	$(VENV)/bin/maturin develop --release -q
+
+demo: setup  ## the main job: build references, feed drifting windows, print the figures
+	$(PY) -m drift_core.demo
+
+test: $(STAMP) lint test-rust wheel-check test-python  ## set up and run every check CI runs
+
+test-rust:  ## Rust unit tests of the pure core (no Python)
+	cargo test -q --no-default-features
+
+test-python: $(STAMP)  ## pytest against the wheel installed in .venv (exit 5 = no tests = failure)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP) develop  ## ruff, mypy, stub check, cargo fmt, clippy
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
+	$(PY) -m mypy.stubtest drift_core._drift_core --allowlist .ci/stubtest-allowlist.txt
+	cargo fmt --check
+	cargo clippy -q --all-targets -- -D warnings
+	cargo clippy -q --all-targets --no-default-features -- -D warnings
+
+format:  ## apply ruff format and cargo fmt
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	cargo fmt
+
+wheel: $(STAMP)  ## build the release wheel into target/wheels
+	rm -rf $(WHEEL_DIR)
+	$(VENV)/bin/maturin build --release -q -o $(WHEEL_DIR)
+
+wheel-check: wheel  ## list the wheel, refuse Rust sources in it, import it from a clean venv, install it in .venv
+	bash .ci/check-wheel.sh $(WHEEL_DIR)
+	$(PIP) install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+
+bench: develop  ## drift_core benchmarks, ratios against NumPy/SciPy in the same process
+	$(PY) tests/benchmarks/bench_drift_core.py
+
+bench-rust:  ## Rust-level breakdown of the hot paths
+	cargo run -q --release --no-default-features --example speed
+
+clean:  ## remove build outputs and the virtualenv
+	rm -rf target $(VENV) .venv-wheel .pytest_cache .mypy_cache .ruff_cache .hypothesis
