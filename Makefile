@@ -42,7 +42,7 @@ test-rust:  ## Rust unit tests of the pure core (no Python)
 	cargo test -q --no-default-features
 
 test-python: $(STAMP)  ## pytest against the wheel installed in .venv (exit 5 = no tests = failure)
-	$(VENV)/bin/pytest -q
+	DRIFTLINE_EXPECT_INSTALLED=1 $(VENV)/bin/pytest -q
 
 lint: $(STAMP) develop  ## ruff, mypy, stub check, cargo fmt, clippy
 	$(VENV)/bin/ruff format --check .

@@ -4,6 +4,7 @@ names that another distribution could shadow)."""
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ def test_package_comes_from_driftline(name: str) -> None:
     assert module.__file__ is not None
     location = Path(module.__file__).resolve().parent
     assert location.parent == Path(drift_core.__file__).resolve().parent.parent
+    if os.environ.get("DRIFTLINE_EXPECT_INSTALLED") == "1":  # set by `make test`
+        assert "site-packages" in location.parts, location
     errors = importlib.import_module(f"{name}.errors")
     assert issubclass(next(v for k, v in vars(errors).items() if k.endswith("Error")), Exception)
 

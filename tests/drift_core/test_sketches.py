@@ -38,7 +38,11 @@ def test_numeric_merge_of_halves_equals_whole(x: np.ndarray, cut: int, ref: obje
     assert (a.n, a.missing, a.infinite) == (whole.n, whole.missing, whole.infinite)
     assert a.min == whole.min or (np.isinf(a.min) and np.isinf(whole.min))
     assert a.max == whole.max or (np.isinf(a.max) and np.isinf(whole.max))
-    assert a.sum == pytest.approx(whole.sum, rel=1e-9, abs=1e-9 * (1 + abs(whole.sum)))
+    # float sums are not associative: equal up to rounding relative to the magnitudes
+    finite = x[np.isfinite(x)]
+    with np.errstate(over="ignore"):
+        scale = float(np.sum(np.abs(finite))) if finite.size else 0.0
+    assert abs(a.sum - whole.sum) <= 1e-12 * scale or not np.isfinite(scale)
 
 
 @PROPS
