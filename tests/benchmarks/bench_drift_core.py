@@ -93,6 +93,15 @@ def bench_window(features: int, rows: int, ref_rows: int, repeat: int) -> None:
         dc.update_many(sketches, window)
         return dc.compare_many(list(zip(refs, sketches, strict=True)))
 
+    # the stream engine creates a window's sketches when the window opens; this variant
+    # times only what happens to the data: updates and the comparison
+    opened = [[dc.NumericSketch(r) for r in refs] for _ in range(repeat)]
+
+    def update_and_compare() -> None:
+        sketches = opened.pop()
+        dc.update_many(sketches, window)
+        dc.compare_many(list(zip(refs, sketches, strict=True)))
+
     def scipy_loop() -> list[float]:
         return [
             stats.ks_2samp(a, b, method="asymp").statistic
@@ -108,14 +117,16 @@ def bench_window(features: int, rows: int, ref_rows: int, repeat: int) -> None:
     )
     assert worst <= 1e-12, "binned KS outside its stated bound"
     t_ours = best_of(ours, repeat)
+    t_data = best_of(update_and_compare, repeat)
     t_scipy = best_of(scipy_loop, max(1, repeat // 2))
     print(
         f"\n== window report: {features} features x {rows} rows (reference {ref_rows} rows) ==\n"
-        f"drift_core (new sketches + update_many + compare_many: KS, p-value, PSI, ...): "
-        f"{t_ours * 1e3:8.2f} ms\n"
-        f"scipy ks_2samp(method='asymp') loop on raw samples (KS only):             "
-        f"{t_scipy * 1e3:8.2f} ms\n"
-        f"speed-up: {t_scipy / t_ours:.0f}x"
+        f"scipy ks_2samp(method='asymp') loop on raw samples (KS only): {t_scipy * 1e3:8.2f} ms\n"
+        f"drift_core, new sketches + update_many + compare_many:        {t_ours * 1e3:8.2f} ms"
+        f"  {t_scipy / t_ours:5.0f}x\n"
+        f"drift_core, update_many + compare_many (sketches opened):     {t_data * 1e3:8.2f} ms"
+        f"  {t_scipy / t_data:5.0f}x\n"
+        "(compare_many: KS + bound + p-value, PSI, Wasserstein, moments, missing-share test)"
     )
 
 
