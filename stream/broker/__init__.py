@@ -1,0 +1,1 @@
+"""Files for the local single-node Kafka broker (see :mod:`stream.localkafka`)."""
