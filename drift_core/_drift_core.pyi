@@ -322,7 +322,12 @@ Figures = NumericFigures | CategoricalFigures
 @overload
 def compare(reference: NumericReference, sketch: NumericSketch) -> NumericFigures: ...
 @overload
-def compare(reference: CategoricalReference, sketch: CategoricalSketch) -> CategoricalFigures:
+def compare(reference: CategoricalReference, sketch: CategoricalSketch) -> CategoricalFigures: ...
+@overload
+def compare(
+    reference: NumericReference | CategoricalReference,
+    sketch: NumericSketch | CategoricalSketch,
+) -> Figures:
     """Compares one window sketch with its reference.
 
     Numeric: KS statistic and asymptotic p-value, PSI, Wasserstein-1 (NaN when either side

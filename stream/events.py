@@ -123,9 +123,9 @@ def _check(wire: _WireEvent, limits: Limits, now_ms: int | None) -> Event | tupl
         return "bad_timestamp", str(exc)
     if ts < limits.min_ts_ms:
         return "timestamp_out_of_range", f"ts {ts} is before {limits.min_ts_ms}"
-    if now_ms is not None and limits.max_future_ms is not None:
-        if ts > now_ms + limits.max_future_ms:
-            return "timestamp_out_of_range", f"ts {ts} is more than {limits.max_future_ms} ms ahead"
+    ahead = limits.max_future_ms
+    if now_ms is not None and ahead is not None and ts > now_ms + ahead:
+        return "timestamp_out_of_range", f"ts {ts} is more than {ahead} ms ahead of now"
     version = str(wire.model_version)
     if len(version) > long:
         return "bad_field", "model_version too long"

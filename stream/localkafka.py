@@ -289,7 +289,7 @@ async def _metadata_answers(bootstrap: str) -> bool:
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=4)
         return bool(client.cluster.brokers())
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
     finally:
         with contextlib.suppress(Exception):

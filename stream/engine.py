@@ -1,0 +1,371 @@
+"""The window engine: events in, WindowReports out. Plain code, no Kafka, no Faust.
+
+One engine serves both drivers — the Faust worker and the replay CLI — so a backtest over
+the same events gives the same reports. State is kept per model: its watermark (latest
+event time minus the allowed lateness) and its open windows, each holding one drift_core
+sketch per feature plus the prediction's, a latency quantile sketch and an error count.
+Events are grouped per (model version, window) and each feature's values go to its sketch
+as one column, so there is no per-value Python work beyond gathering the columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import numpy as np
+
+import drift_core as dc
+from stream.events import Event, Invalid, encode_event
+from stream.profiles import ModelProfile, Reference
+from stream.windows import WindowSpec
+
+REPORT_SCHEMA = "driftline.report/v1"
+LATENCY_QUANTILES = (0.5, 0.95, 0.99)
+Sketch = dc.NumericSketch | dc.CategoricalSketch
+Resolver = Callable[[str, str], ModelProfile | None]
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _new_sketch(ref: Reference) -> Sketch:
+    if isinstance(ref, dc.NumericReference):
+        return dc.NumericSketch(ref)
+    return dc.CategoricalSketch(ref)
+
+
+def _sketch_from_bytes(data: bytes, ref: Reference) -> Sketch:
+    if isinstance(ref, dc.NumericReference):
+        return dc.NumericSketch.from_bytes(data, ref)
+    return dc.CategoricalSketch.from_bytes(data, ref)
+
+
+@dataclass
+class OpenWindow:
+    """Sketches of one (model, version, window)."""
+
+    profile: ModelProfile
+    start: int
+    end: int
+    rows: int = 0
+    errors: int = 0
+    unknown_feature_values: int = 0
+    features: dict[str, Sketch] = field(default_factory=dict)
+    prediction: Sketch | None = None
+    latency: dc.QuantileSketch = field(default_factory=dc.QuantileSketch)
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            self.features = {k: _new_sketch(r) for k, r in self.profile.features.items()}
+        if self.prediction is None and self.profile.prediction is not None:
+            self.prediction = _new_sketch(self.profile.prediction)
+
+    def add(self, events: Sequence[Event]) -> None:
+        """Adds events (already type-checked against the profile), one column per feature."""
+        self.rows += len(events)
+        for name, sketch in self.features.items():
+            column = [e.features.get(name) for e in events]
+            if isinstance(sketch, dc.NumericSketch):
+                sketch.update(np.array(column, dtype=np.float64))
+            else:
+                sketch.update(column)
+        known = self.features.keys()
+        self.unknown_feature_values += sum(len(e.features.keys() - known) for e in events)
+        if self.prediction is not None:
+            preds = [e.prediction for e in events]
+            if isinstance(self.prediction, dc.NumericSketch):
+                self.prediction.update(np.array(preds, dtype=np.float64))
+            else:
+                self.prediction.update(preds)
+        self.latency.update(
+            np.array([e.latency_ms for e in events], dtype=np.float64)  # None -> NaN
+        )
+        self.errors += sum(1 for e in events if e.status == "error")
+
+    def report(self, late_events: int) -> dict[str, Any]:
+        """The WindowReport of this window (a JSON-ready dict)."""
+        profile = self.profile
+        names = list(self.features)
+        pairs = [(profile.features[k], self.features[k]) for k in names]
+        figures = dc.compare_many(pairs)  # type: ignore[arg-type]
+        prediction = None
+        if self.prediction is not None and profile.prediction is not None:
+            prediction = dc.compare(profile.prediction, self.prediction)
+        quantiles = self.latency.quantiles(list(LATENCY_QUANTILES))
+        return {
+            "schema": REPORT_SCHEMA,
+            "report_id": f"{profile.model}/{profile.model_version}/{self.start}/{self.end}",
+            "model": profile.model,
+            "model_version": profile.model_version,
+            "reference": profile.identity,
+            "window_start": iso(self.start),
+            "window_end": iso(self.end),
+            "window_start_ms": self.start,
+            "window_end_ms": self.end,
+            "rows": self.rows,
+            "late_events": late_events,
+            "unknown_feature_values": self.unknown_feature_values,
+            "features": {k: _clean(f) for k, f in zip(names, figures, strict=True)},
+            "model_metrics": {
+                "prediction": _clean(prediction) if prediction is not None else None,
+                "latency_ms": {
+                    "count": self.latency.count,
+                    **{
+                        f"p{round(q * 100)}": _num(v)
+                        for q, v in zip(LATENCY_QUANTILES, quantiles, strict=True)
+                    },
+                },
+                "errors": self.errors,
+                "error_rate": self.errors / self.rows if self.rows else None,
+            },
+        }
+
+
+def _num(v: float) -> float | None:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _clean(figures: Any) -> dict[str, Any]:
+    """NaN becomes null so the report is valid JSON."""
+    return {k: _num(v) if isinstance(v, float) else v for k, v in dict(figures).items()}
+
+
+class _WindowState(msgspec.Struct):
+    version: str
+    start: int
+    rows: int
+    errors: int
+    unknown: int
+    features: dict[str, bytes]
+    prediction: bytes | None
+    latency: bytes
+
+
+class ModelState(msgspec.Struct):
+    """What survives a restart for one model (stored in the worker's changelogged table)."""
+
+    max_ts: int | None = None
+    late_since_report: int = 0
+    windows: list[_WindowState] = []
+    offsets: dict[str, int] = {}
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(ModelState)
+
+
+@dataclass
+class Outcome:
+    """What one call to the engine produced."""
+
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Invalid] = field(default_factory=list)
+    late: int = 0
+    accepted: int = 0
+
+
+@dataclass
+class _Model:
+    max_ts: int | None = None
+    late_since_report: int = 0
+    windows: dict[tuple[str, int], OpenWindow] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+class WindowEngine:
+    """Assigns events to event-time windows, keeps their sketches, reports closed windows."""
+
+    def __init__(self, spec: WindowSpec, resolve: Resolver) -> None:
+        self.spec = spec
+        self._resolve = resolve
+        self._profiles: dict[tuple[str, str], ModelProfile | None] = {}
+        self._models: dict[str, _Model] = defaultdict(_Model)
+
+    # ------------------------------------------------------------------ input
+
+    def profile(self, model: str, version: str) -> ModelProfile | None:
+        key = (model, version)
+        if key not in self._profiles:
+            self._profiles[key] = self._resolve(model, version)
+        return self._profiles[key]
+
+    def process(self, events: Iterable[Event]) -> Outcome:
+        """Adds a batch of events; returns reports of the windows that closed."""
+        out = Outcome()
+        groups: dict[tuple[str, str, int], list[Event]] = defaultdict(list)
+        touched: set[str] = set()
+        spec = self.spec
+        for event in events:
+            profile = self.profile(event.model, event.model_version)
+            if profile is None:
+                out.rejected.append(
+                    Invalid(
+                        "unknown_model",
+                        f"no reference for model {event.model[:80]!r} "
+                        f"version {event.model_version[:40]!r}",
+                        encode_event(event),
+                    )
+                )
+                continue
+            mismatch = _type_mismatch(event, profile)
+            if mismatch is not None:
+                out.rejected.append(Invalid("feature_type_mismatch", mismatch, encode_event(event)))
+                continue
+            state = self._models[event.model]
+            if state.max_ts is None or event.ts > state.max_ts:
+                state.max_ts = event.ts
+            watermark = spec.watermark(state.max_ts)
+            placed = False
+            for start in spec.starts(event.ts):
+                if not spec.is_closed(start, watermark):
+                    groups[(event.model, event.model_version, start)].append(event)
+                    placed = True
+            if placed:
+                out.accepted += 1
+                touched.add(event.model)
+            else:
+                out.late += 1
+                state.late_since_report += 1
+        for (model, version, start), batch in groups.items():
+            state = self._models[model]
+            window = state.windows.get((version, start))
+            if window is None:
+                profile = self.profile(model, version)
+                assert profile is not None
+                window = OpenWindow(profile, start, spec.end(start))
+                state.windows[(version, start)] = window
+            window.add(batch)
+        for model in touched:
+            out.reports.extend(self._close(model, None))
+        return out
+
+    def advance(self, now_ms: int, idle_ms: int) -> Outcome:
+        """Closes windows of models that have been quiet: the watermark of a model moves to
+        ``now_ms - idle_ms - lateness`` if that is later (wall-clock driven drivers only)."""
+        out = Outcome()
+        for model in list(self._models):
+            out.reports.extend(self._close(model, now_ms - idle_ms))
+        return out
+
+    def flush(self) -> Outcome:
+        """Closes every open window (end of a replay, or shutdown)."""
+        out = Outcome()
+        for _model, state in self._models.items():
+            for key in sorted(state.windows, key=lambda k: (k[1], k[0])):
+                out.reports.append(state.windows.pop(key).report(state.late_since_report))
+                state.late_since_report = 0
+        return out
+
+    def _close(self, model: str, floor_ms: int | None) -> list[dict[str, Any]]:
+        state = self._models[model]
+        if state.max_ts is None:
+            return []
+        watermark = self.spec.watermark(state.max_ts)
+        if floor_ms is not None:
+            watermark = max(watermark, floor_ms - self.spec.lateness_ms)
+            state.max_ts = max(state.max_ts, floor_ms)
+        closing = sorted(
+            (k for k, w in state.windows.items() if w.end <= watermark),
+            key=lambda k: (k[1], k[0]),
+        )
+        reports = []
+        for key in closing:
+            reports.append(state.windows.pop(key).report(state.late_since_report))
+            state.late_since_report = 0
+        return reports
+
+    # ------------------------------------------------------------------ state
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    def open_windows(self, model: str) -> list[tuple[str, int]]:
+        return sorted(self._models[model].windows) if model in self._models else []
+
+    def watermark(self, model: str) -> int | None:
+        state = self._models.get(model)
+        if state is None or state.max_ts is None:
+            return None
+        return self.spec.watermark(state.max_ts)
+
+    def offsets(self, model: str) -> dict[str, int]:
+        """Per-partition offsets the driver recorded with this model's state."""
+        return self._models[model].offsets
+
+    def snapshot(self, model: str) -> bytes:
+        """The model's state as bytes (msgpack of sketch bytes; never pickle)."""
+        state = self._models[model]
+        windows = [
+            _WindowState(
+                version=version,
+                start=start,
+                rows=w.rows,
+                errors=w.errors,
+                unknown=w.unknown_feature_values,
+                features={k: s.to_bytes() for k, s in w.features.items()},
+                prediction=w.prediction.to_bytes() if w.prediction is not None else None,
+                latency=w.latency.to_bytes(),
+            )
+            for (version, start), w in sorted(state.windows.items())
+        ]
+        return _state_encoder.encode(
+            ModelState(state.max_ts, state.late_since_report, windows, dict(state.offsets))
+        )
+
+    def restore(self, model: str, data: bytes) -> None:
+        """Replaces the model's state with a snapshot (after a restart or rebalance)."""
+        saved = _state_decoder.decode(data)
+        state = _Model(saved.max_ts, saved.late_since_report, {}, dict(saved.offsets))
+        for w in saved.windows:
+            profile = self.profile(model, w.version)
+            if profile is None:
+                continue  # the reference went away; nothing to compare with
+            state.windows[(w.version, w.start)] = OpenWindow(
+                profile,
+                w.start,
+                self.spec.end(w.start),
+                rows=w.rows,
+                errors=w.errors,
+                unknown_feature_values=w.unknown,
+                features={
+                    k: _sketch_from_bytes(b, profile.features[k]) for k, b in w.features.items()
+                },
+                prediction=(
+                    _sketch_from_bytes(w.prediction, profile.prediction)
+                    if w.prediction is not None and profile.prediction is not None
+                    else None
+                ),
+                latency=dc.QuantileSketch.from_bytes(w.latency),
+            )
+        self._models[model] = state
+
+    def forget(self, model: str) -> None:
+        """Drops a model's state (its partition moved to another worker)."""
+        self._models.pop(model, None)
+
+
+def _type_mismatch(event: Event, profile: ModelProfile) -> str | None:
+    """A feature value of the wrong kind for the profile, described; None if all fit."""
+    for name, value in event.features.items():
+        ref = profile.features.get(name)
+        if ref is None or value is None:
+            continue
+        if isinstance(ref, dc.NumericReference):
+            if isinstance(value, str):
+                return f"feature {name[:60]!r} is numeric in the reference, got a string"
+        elif not isinstance(value, str):
+            return f"feature {name[:60]!r} is categorical in the reference, got a number"
+    pred = profile.prediction
+    if pred is not None and event.prediction is not None:
+        if isinstance(pred, dc.NumericReference) and isinstance(event.prediction, str):
+            return "prediction is numeric in the reference, got a string"
+        if isinstance(pred, dc.CategoricalReference) and not isinstance(event.prediction, str):
+            return "prediction is categorical in the reference, got a number"
+    return None
