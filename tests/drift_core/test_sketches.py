@@ -163,7 +163,7 @@ def test_sketch_of_other_reference_is_refused(make_sample: Callable[..., np.ndar
     with pytest.raises(dc.ReferenceMismatchError):
         dc.compare(other, sk)
     with pytest.raises(dc.InvalidInputError, match="pair"):
-        dc.compare(_CAT, sk)  # type: ignore[call-overload]
+        dc.compare(_CAT, sk)
     q = dc.QuantileSketch(relative_accuracy=0.02)
     with pytest.raises(dc.ReferenceMismatchError, match="different parameters"):
         q.merge(dc.QuantileSketch())
