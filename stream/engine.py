@@ -52,6 +52,7 @@ class OpenWindow:
     """Sketches of one (model, version, window)."""
 
     profile: ModelProfile
+    version: str
     start: int
     end: int
     rows: int = 0
@@ -101,9 +102,9 @@ class OpenWindow:
         quantiles = self.latency.quantiles(list(LATENCY_QUANTILES))
         return {
             "schema": REPORT_SCHEMA,
-            "report_id": f"{profile.model}/{profile.model_version}/{self.start}/{self.end}",
+            "report_id": f"{profile.model}/{self.version}/{self.start}/{self.end}",
             "model": profile.model,
-            "model_version": profile.model_version,
+            "model_version": self.version,
             "reference": profile.identity,
             "window_start": iso(self.start),
             "window_end": iso(self.end),
@@ -166,7 +167,8 @@ class Outcome:
     """What one call to the engine produced."""
 
     reports: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[Invalid] = field(default_factory=list)
+    #: (position in the input batch, why)
+    rejected: list[tuple[int, Invalid]] = field(default_factory=list)
     late: int = 0
     accepted: int = 0
 
@@ -177,6 +179,8 @@ class _Model:
     late_since_report: int = 0
     windows: dict[tuple[str, int], OpenWindow] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
+    #: wall-clock time of the latest event (drivers that pass ``now_ms``)
+    last_seen_ms: int | None = None
 
 
 class WindowEngine:
@@ -196,27 +200,33 @@ class WindowEngine:
             self._profiles[key] = self._resolve(model, version)
         return self._profiles[key]
 
-    def process(self, events: Iterable[Event]) -> Outcome:
-        """Adds a batch of events; returns reports of the windows that closed."""
+    def process(self, events: Iterable[Event], now_ms: int | None = None) -> Outcome:
+        """Adds a batch of events; returns reports of the windows that closed.
+
+        ``now_ms`` is the wall-clock arrival time, used only by :meth:`advance`."""
         out = Outcome()
         groups: dict[tuple[str, str, int], list[Event]] = defaultdict(list)
         touched: set[str] = set()
         spec = self.spec
-        for event in events:
+        for position, event in enumerate(events):
             profile = self.profile(event.model, event.model_version)
             if profile is None:
                 out.rejected.append(
-                    Invalid(
-                        "unknown_model",
-                        f"no reference for model {event.model[:80]!r} "
-                        f"version {event.model_version[:40]!r}",
-                        encode_event(event),
+                    (
+                        position,
+                        Invalid(
+                            "unknown_model",
+                            f"no reference for model {event.model[:80]!r} "
+                            f"version {event.model_version[:40]!r}",
+                            encode_event(event),
+                        ),
                     )
                 )
                 continue
             mismatch = _type_mismatch(event, profile)
             if mismatch is not None:
-                out.rejected.append(Invalid("feature_type_mismatch", mismatch, encode_event(event)))
+                why = Invalid("feature_type_mismatch", mismatch, encode_event(event))
+                out.rejected.append((position, why))
                 continue
             state = self._models[event.model]
             if state.max_ts is None or event.ts > state.max_ts:
@@ -227,6 +237,8 @@ class WindowEngine:
                 if not spec.is_closed(start, watermark):
                     groups[(event.model, event.model_version, start)].append(event)
                     placed = True
+            if now_ms is not None:
+                state.last_seen_ms = now_ms
             if placed:
                 out.accepted += 1
                 touched.add(event.model)
@@ -239,38 +251,43 @@ class WindowEngine:
             if window is None:
                 profile = self.profile(model, version)
                 assert profile is not None
-                window = OpenWindow(profile, start, spec.end(start))
+                window = OpenWindow(profile, version, start, spec.end(start))
                 state.windows[(version, start)] = window
             window.add(batch)
         for model in touched:
-            out.reports.extend(self._close(model, None))
+            out.reports.extend(self._close(model))
         return out
 
     def advance(self, now_ms: int, idle_ms: int) -> Outcome:
-        """Closes windows of models that have been quiet: the watermark of a model moves to
-        ``now_ms - idle_ms - lateness`` if that is later (wall-clock driven drivers only)."""
+        """Closes every open window of models that sent nothing for ``idle_ms`` of wall
+        time (their watermark would otherwise never move). Stream drivers only."""
         out = Outcome()
-        for model in list(self._models):
-            out.reports.extend(self._close(model, now_ms - idle_ms))
+        for state in self._models.values():
+            seen = state.last_seen_ms
+            if state.windows and seen is not None and now_ms - seen >= idle_ms:
+                out.reports.extend(self._close_all(state))
         return out
 
     def flush(self) -> Outcome:
         """Closes every open window (end of a replay, or shutdown)."""
         out = Outcome()
-        for _model, state in self._models.items():
-            for key in sorted(state.windows, key=lambda k: (k[1], k[0])):
-                out.reports.append(state.windows.pop(key).report(state.late_since_report))
-                state.late_since_report = 0
+        for state in self._models.values():
+            out.reports.extend(self._close_all(state))
         return out
 
-    def _close(self, model: str, floor_ms: int | None) -> list[dict[str, Any]]:
+    @staticmethod
+    def _close_all(state: _Model) -> list[dict[str, Any]]:
+        reports = []
+        for key in sorted(state.windows, key=lambda k: (k[1], k[0])):
+            reports.append(state.windows.pop(key).report(state.late_since_report))
+            state.late_since_report = 0
+        return reports
+
+    def _close(self, model: str) -> list[dict[str, Any]]:
         state = self._models[model]
         if state.max_ts is None:
             return []
         watermark = self.spec.watermark(state.max_ts)
-        if floor_ms is not None:
-            watermark = max(watermark, floor_ms - self.spec.lateness_ms)
-            state.max_ts = max(state.max_ts, floor_ms)
         closing = sorted(
             (k for k, w in state.windows.items() if w.end <= watermark),
             key=lambda k: (k[1], k[0]),
@@ -329,6 +346,7 @@ class WindowEngine:
                 continue  # the reference went away; nothing to compare with
             state.windows[(w.version, w.start)] = OpenWindow(
                 profile,
+                w.version,
                 w.start,
                 self.spec.end(w.start),
                 rows=w.rows,

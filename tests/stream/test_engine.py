@@ -138,14 +138,15 @@ def test_unknown_models_and_mistyped_features_are_rejected(
         ]
     )
     assert out.accepted == 1
-    assert [r.reason for r in out.rejected] == [
+    assert [pos for pos, _ in out.rejected] == [0, 1, 2, 3]
+    assert [r.reason for _, r in out.rejected] == [
         "unknown_model",
         "unknown_model",
         "feature_type_mismatch",
         "feature_type_mismatch",
     ]
-    assert "'amount' is numeric" in out.rejected[2].detail
-    assert b'"model":"nope"' in out.rejected[0].raw
+    assert "'amount' is numeric" in out.rejected[2][1].detail
+    assert b'"model":"nope"' in out.rejected[0][1].raw
 
 
 def test_missing_and_unknown_features(engine: WindowEngine, make_event: EventFactory) -> None:
@@ -190,7 +191,10 @@ def test_snapshot_and_restore_give_the_uninterrupted_reports(
 
 
 def test_idle_models_close_on_wall_clock(engine: WindowEngine, make_event: EventFactory) -> None:
-    engine.process([make_event(ts=T0)])
-    assert engine.advance(now_ms=T0 + 10 * MIN, idle_ms=30_000).reports == []
-    (report,) = engine.advance(now_ms=T0 + 11 * MIN + 30_000, idle_ms=30_000).reports
+    wall = 1_000_000
+    engine.process([make_event(ts=T0)], now_ms=wall)
+    engine.process([make_event(ts=T0 + 12 * MIN, model_version="4")], now_ms=wall + 5_000)
+    assert engine.advance(now_ms=wall + 29_999, idle_ms=30_000).reports == []
+    (report,) = engine.advance(now_ms=wall + 35_000, idle_ms=30_000).reports
     assert report["rows"] == 1
+    assert engine.open_windows("fraud") == []

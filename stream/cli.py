@@ -1,0 +1,97 @@
+"""The ``driftline`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from stream.errors import StreamError
+
+
+def _kafka(args: argparse.Namespace) -> int:
+    from stream.localkafka import LocalKafka, default_home
+
+    broker = LocalKafka(
+        home=Path(args.home).resolve() if args.home else default_home(),
+        name=args.name,
+        port=args.port,
+        controller_port=args.controller_port,
+        partitions=args.partitions,
+    )
+    if args.action == "up":
+        broker.up(timeout=args.timeout)
+        print(f"kafka {broker.bootstrap} ready (pid {broker.pid()}, logs {broker.log_file})")
+    elif args.action == "down":
+        broker.down()
+        print(f"kafka {broker.bootstrap} stopped")
+    elif args.action == "wipe":
+        broker.wipe()
+        print(f"removed {broker.instance_dir}")
+    else:
+        status = broker.status()
+        print(json.dumps(status, indent=2))
+        return 0 if status["ready"] else 3
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from stream.config import load_config
+    from stream.worker import create_app, ensure_topics
+
+    config = load_config(args.config)
+    asyncio.run(ensure_topics(config))
+    app, handler = create_app(config, datadir=Path(args.datadir) if args.datadir else None)
+    port = config.metrics.port if args.metrics_port is None else args.metrics_port
+    if port:
+        handler.metrics.serve(config.metrics.host, port)
+        logging.getLogger("driftline").info(
+            "metrics on http://%s:%d/metrics", config.metrics.host, port
+        )
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker (KRaft)")
+    kafka.add_argument("action", choices=["up", "down", "status", "wipe"])
+    kafka.add_argument("--port", type=int, default=9092)
+    kafka.add_argument("--controller-port", type=int, default=9093)
+    kafka.add_argument("--partitions", type=int, default=4, help="default partitions per topic")
+    kafka.add_argument("--name", default="default", help="instance name (its directory)")
+    kafka.add_argument("--home", help="where jars and instances live (default .kafka)")
+    kafka.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
+    kafka.set_defaults(func=_kafka)
+
+    worker = sub.add_parser("worker", help="run a stream worker")
+    worker.add_argument("--config", required=True, help="monitor configuration (YAML)")
+    worker.add_argument("--metrics-port", type=int, help="override metrics.port (0 = off)")
+    worker.add_argument("--datadir", help="the worker's own data directory")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except StreamError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

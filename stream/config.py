@@ -1,0 +1,251 @@
+"""The monitor configuration: a YAML file, validated with errors that say where and what.
+
+Example (``docs/monitor.example.yaml`` is the annotated version)::
+
+    window: {size: 1h, hop: null, lateness: 5m, idle_close: 1m}
+    kafka:
+      bootstrap: 127.0.0.1:9092
+      group: driftline-worker
+    metrics: {host: 127.0.0.1, port: 9464}
+    models:
+      - name: fraud
+        reference: refs/fraud.dlprofile
+        versions: {"4": refs/fraud-v4.dlprofile}
+        features: {amount: numeric, country: categorical}
+
+Every setting can also come from the environment: ``DRIFTLINE_KAFKA__BOOTSTRAP`` and the
+like (a double underscore separates levels); the environment wins over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stream.errors import StreamError
+from stream.events import Limits
+from stream.profiles import ModelProfile, ProfileError
+from stream.windows import WindowSpec
+
+_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+class ConfigError(StreamError):
+    """A monitor configuration that cannot be used; the message says where and why."""
+
+
+def parse_duration(value: object) -> int:
+    """'1h', '90s', '250ms', '1.5m' or a number of milliseconds, to milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return int(float(match.group(1)) * _UNITS[match.group(2)])
+    raise ValueError(f"{value!r} is not a duration: use e.g. 250ms, 30s, 5m, 1h or 1d")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WindowConfig(_Strict):
+    size: int = Field(default=3_600_000, description="window length")
+    hop: int | None = Field(default=None, description="hop for overlapping windows")
+    lateness: int = Field(default=300_000, description="allowed lateness (watermark lag)")
+    idle_close: int = Field(
+        default=60_000, description="close windows of a quiet model after this wall time"
+    )
+
+    @field_validator("size", "hop", "lateness", "idle_close", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        return None if v is None else parse_duration(v)
+
+    def spec(self) -> WindowSpec:
+        return WindowSpec(self.size, self.hop, self.lateness)
+
+    @model_validator(mode="after")
+    def _valid(self) -> WindowConfig:
+        self.spec()  # raises WindowSpecError with the reason
+        return self
+
+
+class KafkaConfig(_Strict):
+    bootstrap: str = "127.0.0.1:9092"
+    group: str = "driftline-worker"
+    events_topic: str = "driftline.events"
+    reports_topic: str = "driftline.reports"
+    dlq_topic: str = "driftline.dlq"
+    partitions: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=5_000, ge=1, description="events taken per batch")
+    batch_within: float = Field(default=0.5, gt=0, description="seconds to wait for a batch")
+
+
+class MetricsConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class LimitsConfig(_Strict):
+    max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    max_events_per_batch: int = Field(default=100_000, ge=1)
+    max_features: int = Field(default=1_000, ge=1)
+    max_string_bytes: int = Field(default=1_024, ge=16)
+    max_future: int | None = 3_600_000
+
+    @field_validator("max_future", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        return None if v is None else parse_duration(v)
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_events_per_batch=self.max_events_per_batch,
+            max_features=self.max_features,
+            max_string_bytes=self.max_string_bytes,
+            max_future_ms=self.max_future,
+        )
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    reference: Path | None = Field(default=None, description="profile for every version")
+    versions: dict[str, Path] = Field(default_factory=dict, description="per-version profiles")
+    features: dict[str, Literal["numeric", "categorical"]] | None = Field(
+        default=None, description="features to monitor and their kinds (default: the profile's)"
+    )
+
+    @model_validator(mode="after")
+    def _has_reference(self) -> ModelConfig:
+        if self.reference is None and not self.versions:
+            raise ValueError(f"model {self.name!r} needs `reference` or `versions`")
+        return self
+
+
+class MonitorConfig(_Strict):
+    window: WindowConfig = WindowConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    models: list[ModelConfig] = Field(min_length=1)
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+        return models
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _env_overrides(prefix: str = "DRIFTLINE_") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in os.environ.items():
+        if not key.startswith(prefix) or "__" not in key:
+            continue
+        path = key[len(prefix) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged.get(k) or {}, v) if isinstance(v, dict) else v
+    return merged
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid monitor configuration in {source}:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, env: bool = True) -> MonitorConfig:
+    """Reads and validates a monitor configuration (YAML, with env overrides)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read monitor configuration {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    if env:
+        raw = _merge(raw, _env_overrides())
+    try:
+        return MonitorConfig.model_validate({**raw, "base_dir": path.parent})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from None
+    except StreamError as exc:
+        raise ConfigError(f"invalid monitor configuration in {path}: {exc}") from None
+
+
+class ReferenceStore:
+    """Resolves (model, version) to its profile from the configuration's local files,
+    loading each file once; features are narrowed to the configured ones."""
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self._cache: dict[Path, ModelProfile] = {}
+        self.errors: dict[tuple[str, str], str] = {}
+
+    def path(self, model: str, version: str) -> Path | None:
+        mc = self.config.model(model)
+        if mc is None:
+            return None
+        chosen = mc.versions.get(version, mc.reference)
+        if chosen is None:
+            return None
+        return chosen if chosen.is_absolute() else self.config.base_dir / chosen
+
+    def __call__(self, model: str, version: str) -> ModelProfile | None:
+        path = self.path(model, version)
+        if path is None:
+            return None
+        if path not in self._cache:
+            try:
+                profile = ModelProfile.load(path)
+            except ProfileError as exc:
+                self.errors[(model, version)] = str(exc)
+                return None
+            mc = self.config.model(model)
+            if mc is not None and mc.features is not None:
+                missing = [f for f in mc.features if f not in profile.features]
+                if missing:
+                    self.errors[(model, version)] = (
+                        f"profile {path} lacks configured features: {', '.join(missing)}"
+                    )
+                    return None
+                wrong = [f for f, k in mc.features.items() if profile.kind(f) != k]
+                if wrong:
+                    self.errors[(model, version)] = (
+                        f"profile {path}: features {', '.join(wrong)} are of another kind "
+                        "than configured"
+                    )
+                    return None
+                profile.features = {f: profile.features[f] for f in mc.features}
+            self._cache[path] = profile
+        return self._cache[path]

@@ -1,0 +1,245 @@
+"""The faust-streaming worker: consumes ``driftline.events`` in batches, feeds the window
+engine, publishes WindowReports and dead letters, keeps state in a changelogged table.
+
+Delivery is at least once with idempotent effects: each model's state (open windows'
+sketches, watermark) is written to the table after every batch together with the offset
+of the last message it includes, so a restarted worker that is handed messages again
+skips those already in the state; reports carry deterministic ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+import msgspec
+
+from stream.config import MonitorConfig, ReferenceStore
+from stream.engine import Outcome, WindowEngine
+from stream.events import Event, Invalid, decode, dlq_record
+from stream.metrics import WorkerMetrics
+
+log = logging.getLogger("driftline.worker")
+
+
+@dataclass
+class Handler:
+    """The agent's work, kept apart from Faust so it can be driven directly in tests."""
+
+    config: MonitorConfig
+    engine: WindowEngine
+    metrics: WorkerMetrics
+    send_report: Any  # async (key: bytes, value: bytes) -> None
+    send_dlq: Any  # async (value: bytes) -> None
+    load_state: Any  # (model) -> bytes | None
+    save_state: Any  # (model, bytes) -> None
+    partition_of: dict[str, int] = field(default_factory=dict)
+    _loaded: set[str] = field(default_factory=set)
+
+    def _ensure_loaded(self, model: str) -> None:
+        if model in self._loaded:
+            return
+        saved = self.load_state(model)
+        if saved:
+            self.engine.restore(model, saved)
+        self._loaded.add(model)
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drops state of models whose partitions went to another worker."""
+        for model, partition in list(self.partition_of.items()):
+            if partition in partitions:
+                self.engine.forget(model)
+                self._loaded.discard(model)
+                del self.partition_of[model]
+
+    async def handle(self, messages: Sequence[tuple[int, int, bytes]]) -> Outcome:
+        """Processes (partition, offset, value) messages; returns what the engine did."""
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        limits = self.config.limits.limits()
+        topic = self.config.kafka.events_topic
+        events: list[Event] = []
+        sources: list[tuple[int, int]] = []
+        for partition, offset, value in messages:
+            decoded = decode(value, limits, now_ms)
+            for bad in decoded.invalid:
+                await self._dead_letter(bad, topic, partition, offset)
+            for event in decoded.events:
+                self._ensure_loaded(event.model)
+                last = self.engine.offsets(event.model).get(str(partition))
+                if last is not None and offset <= last:
+                    self.metrics.duplicates.labels(event.model).inc()
+                    continue
+                events.append(event)
+                sources.append((partition, offset))
+        outcome = self.engine.process(events, now_ms)
+        rejected = {position for position, _ in outcome.rejected}
+        for position, bad in outcome.rejected:
+            partition, offset = sources[position]
+            await self._dead_letter(bad, topic, partition, offset)
+        touched: dict[str, int] = {}
+        latest: dict[str, int] = {}
+        for position, (event, (partition, offset)) in enumerate(zip(events, sources, strict=True)):
+            if position in rejected:
+                continue
+            self.partition_of[event.model] = partition
+            touched[event.model] = max(touched.get(event.model, -1), offset)
+            latest[event.model] = max(latest.get(event.model, 0), event.ts)
+            self.metrics.events.labels(event.model).inc()
+        for model, ts in latest.items():
+            self.metrics.lag.labels(model).set(max(0.0, (now_ms - ts) / 1000))
+        if outcome.late:
+            for event in events:  # attribute late events to their models
+                wm = self.engine.watermark(event.model)
+                if wm is not None and all(
+                    self.engine.spec.is_closed(s, wm) for s in self.engine.spec.starts(event.ts)
+                ):
+                    self.metrics.late.labels(event.model).inc()
+        await self._publish(outcome)
+        for model, offset in touched.items():
+            partition = self.partition_of[model]
+            offsets = self.engine.offsets(model)
+            offsets[str(partition)] = max(offset, offsets.get(str(partition), -1))
+            self.save_state(model, self.engine.snapshot(model))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return outcome
+
+    async def tick(self, now_ms: int | None = None) -> Outcome:
+        """Closes windows of models that went quiet (called on a timer)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        outcome = self.engine.advance(now_ms, self.config.window.idle_close)
+        await self._publish(outcome)
+        for model in {r["model"] for r in outcome.reports}:
+            self.save_state(model, self.engine.snapshot(model))
+        return outcome
+
+    async def _publish(self, outcome: Outcome) -> None:
+        for report in outcome.reports:
+            await self.send_report(report["model"].encode(), msgspec.json.encode(report))
+            self.metrics.observe_report(report)
+            log.info(
+                "window closed: %s rows=%d drifted=%s",
+                report["report_id"],
+                report["rows"],
+                ",".join(k for k, f in report["features"].items() if (f.get("psi") or 0) > 0.2)
+                or "-",
+            )
+
+    async def _dead_letter(self, bad: Invalid, topic: str, partition: int, offset: int) -> None:
+        self.metrics.invalid.labels(bad.reason).inc()
+        await self.send_dlq(dlq_record(bad, topic, partition, offset))
+
+
+def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faust.App, Handler]:
+    """The Faust app and its handler for one worker process."""
+    kafka = config.kafka
+    app = faust.App(
+        kafka.group,
+        broker=f"kafka://{kafka.bootstrap}",
+        store="memory://",
+        datadir=str(datadir or tempfile.mkdtemp(prefix="driftline-worker-")),
+        topic_partitions=kafka.partitions,
+        table_standby_replicas=0,
+        web_enabled=False,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        producer_max_request_size=8 * 1024 * 1024,
+    )
+    events_topic = app.topic(kafka.events_topic, value_serializer="raw", key_serializer="raw")
+    reports_topic = app.topic(kafka.reports_topic, value_serializer="raw", key_serializer="raw")
+    dlq_topic = app.topic(kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
+    state = app.Table(
+        "driftline-state",
+        default=None,
+        key_type=str,
+        value_type=bytes,
+        value_serializer="raw",
+        partitions=kafka.partitions,
+        use_partitioner=True,
+    )
+    metrics = WorkerMetrics()
+    store = ReferenceStore(config)
+    engine = WindowEngine(config.window.spec(), store)
+
+    async def send_report(key: bytes, value: bytes) -> None:
+        await reports_topic.send(key=key, value=value)
+
+    async def send_dlq(value: bytes) -> None:
+        await dlq_topic.send(value=value)
+
+    def save_state(model: str, data: bytes) -> None:
+        state[model] = data
+
+    handler = Handler(
+        config=config,
+        engine=engine,
+        metrics=metrics,
+        send_report=send_report,
+        send_dlq=send_dlq,
+        load_state=lambda model: state.get(model),
+        save_state=save_state,
+    )
+
+    @app.agent(events_topic, name="driftline-events")
+    async def consume(stream: Any) -> None:
+        async for batch in stream.take_events(kafka.batch_size, within=kafka.batch_within):
+            messages = [(e.message.partition, e.message.offset, e.value) for e in batch]
+            await handler.handle(messages)
+
+    @app.timer(interval=max(0.5, config.window.idle_close / 4000))
+    async def close_idle() -> None:
+        await handler.tick()
+
+    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        handler.forget_partitions(
+            {tp.partition for tp in revoked if tp.topic == kafka.events_topic}
+        )
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    @app.task
+    async def report_unresolved() -> None:
+        while True:
+            await asyncio.sleep(30)
+            for (model, version), why in store.errors.items():
+                log.warning("no reference for %s version %s: %s", model, version, why)
+
+    return app, handler
+
+
+async def ensure_topics(config: MonitorConfig) -> None:
+    """Creates the topics with the configured partition count; refuses a mismatch."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from stream.errors import StreamError
+
+    kafka = config.kafka
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        existing = await admin.describe_topics([kafka.events_topic])
+        parts = {t["topic"]: len(t["partitions"]) for t in existing if not t["error_code"]}
+        have = parts.get(kafka.events_topic)
+        if have is not None and have != kafka.partitions:
+            raise StreamError(
+                f"topic {kafka.events_topic} has {have} partitions but the configuration says "
+                f"{kafka.partitions}: set kafka.partitions to {have}"
+            )
+        wanted = [kafka.events_topic, kafka.reports_topic, kafka.dlq_topic]
+        topics = set(await admin.list_topics())
+        new = [NewTopic(t, kafka.partitions, 1) for t in wanted if t not in topics]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
