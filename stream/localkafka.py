@@ -52,6 +52,7 @@ class LocalKafka:
     controller_port: int = 9093
     partitions: int = 4
     heap: str = "1g"
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def bootstrap(self) -> str:
@@ -193,15 +194,16 @@ class LocalKafka:
         self.fetch()
         config = self._write_config()
         self._format(config)
-        log = self.log_file.open("ab")
         jvm = ("-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true")
-        proc = subprocess.Popen(
-            self._java("kafka.Kafka", str(config), jvm=jvm),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(config), jvm=jvm),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives `driftline kafka up`; Ctrl-C does not reach it
+            )
+        self._proc = proc
         self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -233,6 +235,9 @@ class LocalKafka:
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.05)
+        if self._proc is not None and self._proc.pid == pid:
+            self._proc.wait()
+            self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
     def is_ready(self) -> bool:

@@ -162,10 +162,11 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     state = app.Table(
         "driftline-state",
         default=None,
-        key_type=str,
-        value_type=bytes,
-        value_serializer="raw",
+        schema=faust.Schema(
+            key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
         partitions=kafka.partitions,
+        # the changelog partition of a model's state is its key's, as in the events topic
         use_partitioner=True,
     )
     metrics = WorkerMetrics()
