@@ -52,6 +52,7 @@ class OpenWindow:
     """Sketches of one (model, version, window)."""
 
     profile: ModelProfile
+    model: str
     version: str
     start: int
     end: int
@@ -102,8 +103,8 @@ class OpenWindow:
         quantiles = self.latency.quantiles(list(LATENCY_QUANTILES))
         return {
             "schema": REPORT_SCHEMA,
-            "report_id": f"{profile.model}/{self.version}/{self.start}/{self.end}",
-            "model": profile.model,
+            "report_id": f"{self.model}/{self.version}/{self.start}/{self.end}",
+            "model": self.model,
             "model_version": self.version,
             "reference": profile.identity,
             "window_start": iso(self.start),
@@ -251,7 +252,7 @@ class WindowEngine:
             if window is None:
                 profile = self.profile(model, version)
                 assert profile is not None
-                window = OpenWindow(profile, version, start, spec.end(start))
+                window = OpenWindow(profile, model, version, start, spec.end(start))
                 state.windows[(version, start)] = window
             window.add(batch)
         for model in touched:
@@ -346,6 +347,7 @@ class WindowEngine:
                 continue  # the reference went away; nothing to compare with
             state.windows[(w.version, w.start)] = OpenWindow(
                 profile,
+                model,
                 w.version,
                 w.start,
                 self.spec.end(w.start),

@@ -10,6 +10,7 @@ skips those already in the state; reports carry deterministic ids.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import tempfile
 import time
@@ -159,12 +160,13 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     events_topic = app.topic(kafka.events_topic, value_serializer="raw", key_serializer="raw")
     reports_topic = app.topic(kafka.reports_topic, value_serializer="raw", key_serializer="raw")
     dlq_topic = app.topic(kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
+    # values are base64 text of the engine's msgpack snapshot: Faust's changelog recovery
+    # decodes values with the table's JSON codec whatever the declared type
     state = app.Table(
         "driftline-state",
         default=None,
-        schema=faust.Schema(
-            key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
+        key_type=str,
+        value_type=str,
         partitions=kafka.partitions,
         # the changelog partition of a model's state is its key's, as in the events topic
         use_partitioner=True,
@@ -180,7 +182,11 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         await dlq_topic.send(value=value)
 
     def save_state(model: str, data: bytes) -> None:
-        state[model] = data
+        state[model] = base64.b64encode(data).decode()
+
+    def load_state(model: str) -> bytes | None:
+        text = state.get(model)
+        return base64.b64decode(text) if text else None
 
     handler = Handler(
         config=config,
@@ -188,7 +194,7 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         metrics=metrics,
         send_report=send_report,
         send_dlq=send_dlq,
-        load_state=lambda model: state.get(model),
+        load_state=load_state,
         save_state=save_state,
     )
 

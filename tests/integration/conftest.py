@@ -48,15 +48,23 @@ def kafka() -> Iterator[LocalKafka]:
     broker.wipe()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Polls ``predicate`` until it returns something truthy; fails with ``what`` otherwise."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 0.2,
+    status: Callable[[], Any] | None = None,
+) -> Any:
+    """Polls ``predicate`` until it returns something truthy; fails with ``what`` (and
+    what ``status`` says at that moment) otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    seen = f"; status: {status()}" if status is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
 
 
 @dataclass
@@ -195,5 +203,44 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 1.0) -> list[bytes]
                     out.extend(r.value for r in records if r.value is not None)
         finally:
             await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def group_state(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
+    """(members of the consumer group, messages of ``topic`` it has not committed yet)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.structs import TopicPartition
+
+    async def run() -> tuple[int, int]:
+        from aiokafka.errors import KafkaError
+
+        try:
+            return await query()
+        except KafkaError:  # the group does not exist yet
+            return 0, -1
+
+    async def query() -> tuple[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            described = await admin.describe_consumer_groups([group])
+            # DescribeGroups: groups = [(error, id, state, protocol_type, protocol, members, ...)]
+            groups = described[0].groups if described else []
+            members = len(groups[0][5]) if groups else 0
+            committed = await admin.list_consumer_group_offsets(group)
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            lag = sum(
+                end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+                for tp, end in ends.items()
+            )
+            return members, lag
+        finally:
+            await consumer.stop()
+            await admin.close()
 
     return asyncio.run(run())

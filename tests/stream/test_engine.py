@@ -198,3 +198,14 @@ def test_idle_models_close_on_wall_clock(engine: WindowEngine, make_event: Event
     (report,) = engine.advance(now_ms=wall + 35_000, idle_ms=30_000).reports
     assert report["rows"] == 1
     assert engine.open_windows("fraud") == []
+
+
+def test_models_sharing_a_profile_report_under_their_own_names(
+    make_profile: Callable[..., ModelProfile], make_event: EventFactory
+) -> None:
+    profile = make_profile()  # built for "fraud"
+    eng = WindowEngine(WindowSpec(size_ms=10 * MIN), lambda m, v: profile)
+    eng.process([make_event(model="a"), make_event(model="b"), make_event(model="b")])
+    reports = eng.flush().reports
+    assert sorted((r["model"], r["rows"]) for r in reports) == [("a", 1), ("b", 2)]
+    assert len({r["report_id"] for r in reports}) == 2
