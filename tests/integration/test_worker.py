@@ -170,7 +170,7 @@ def test_two_workers_share_partitions_and_one_takes_over(
     )
     w2.terminate()
     assert w2.wait(timeout=60) is not None
-    closers = []
+    closers: list[tuple[bytes | None, bytes]] = []
     for m in models:  # one event per model in a third window moves the watermarks
         e = json.loads(window_a[0][1])
         e.update(model=m, event_id=f"{m}-closer", ts=t0 + 2 * WINDOW + 90_000)
