@@ -17,7 +17,7 @@ WHEEL_DIR := target/wheels
 export OPENBLAS_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup develop demo test test-rust test-python lint format wheel wheel-check bench bench-rust clean
+.PHONY: help setup develop demo test test-rust test-python kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-rust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,8 +41,14 @@ test: $(STAMP) lint test-rust wheel-check test-python  ## set up and run every c
 test-rust:  ## Rust unit tests of the pure core (no Python)
 	cargo test -q --no-default-features
 
-test-python: $(STAMP)  ## pytest against the wheel installed in .venv (exit 5 = no tests = failure)
+test-python: $(STAMP)  ## pytest against the wheel in .venv, integration tests on a real local Kafka (exit 5 = no tests = failure)
 	DRIFTLINE_EXPECT_INSTALLED=1 $(VENV)/bin/pytest -q
+
+kafka-up: $(STAMP)  ## start the local Kafka broker on 127.0.0.1:9092 (fetches the jars with Maven once)
+	$(VENV)/bin/driftline kafka up
+
+kafka-down: $(STAMP)  ## stop the local Kafka broker
+	$(VENV)/bin/driftline kafka down
 
 lint: $(STAMP) develop  ## ruff, mypy, stub check, cargo fmt, clippy
 	$(VENV)/bin/ruff format --check .
@@ -69,6 +75,9 @@ wheel-check: wheel  ## list the wheel, refuse Rust sources in it, import it from
 
 bench: develop  ## drift_core benchmarks, ratios against NumPy/SciPy in the same process
 	$(PY) tests/benchmarks/bench_drift_core.py
+
+bench-stream: develop  ## end-to-end worker throughput through a real local broker vs a bare aiokafka consumer
+	$(PY) tests/benchmarks/bench_stream.py
 
 bench-rust:  ## Rust-level breakdown of the hot paths
 	cargo run -q --release --no-default-features --example speed

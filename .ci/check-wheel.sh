@@ -15,7 +15,7 @@ if grep -E '\.rs\b|Cargo\.(toml|lock)' <<<"$listing"; then
     exit 1
 fi
 for need in drift_core/_drift_core drift_core/_drift_core.pyi drift_core/py.typed \
-            stream/__init__.py alerts/__init__.py serving_hooks/__init__.py; do
+            stream/__init__.py stream/broker/pom.xml alerts/__init__.py serving_hooks/__init__.py; do
     grep -q "$need" <<<"$listing" || { echo "the wheel lacks $need" >&2; exit 1; }
 done
 venv=$(mktemp -d)/venv
