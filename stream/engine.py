@@ -11,6 +11,7 @@ as one column, so there is no per-value Python work beyond gathering the columns
 from __future__ import annotations
 
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -69,27 +70,64 @@ class OpenWindow:
         if self.prediction is None and self.profile.prediction is not None:
             self.prediction = _new_sketch(self.profile.prediction)
 
-    def add(self, events: Sequence[Event]) -> None:
-        """Adds events (already type-checked against the profile), one column per feature."""
+    def add(self, items: Sequence[tuple[int, Event]]) -> list[tuple[int, str]]:
+        """Adds (position, event) items, one column per feature. Events with a value of
+        the wrong kind for the profile are left out and returned as (position, why)."""
+        columns = self._columns([e for _, e in items])
+        rejected: list[tuple[int, str]] = []
+        if columns is None:  # a mistyped value somewhere: find the events, drop them
+            kept = []
+            for position, event in items:
+                why = _type_mismatch(event, self.profile)
+                if why is None:
+                    kept.append(event)
+                else:
+                    rejected.append((position, why))
+            columns = self._columns(kept)
+            assert columns is not None, "events that pass the type check build columns"
+        features, prediction, events, unknown = columns
+        for name, column in features.items():
+            self.features[name].update(column)
+        if self.prediction is not None and prediction is not None:
+            self.prediction.update(prediction)
         self.rows += len(events)
-        for name, sketch in self.features.items():
-            column = [e.features.get(name) for e in events]
-            if isinstance(sketch, dc.NumericSketch):
-                sketch.update(np.array(column, dtype=np.float64))
-            else:
-                sketch.update(column)
-        known = self.features.keys()
-        self.unknown_feature_values += sum(len(e.features.keys() - known) for e in events)
-        if self.prediction is not None:
-            preds = [e.prediction for e in events]
-            if isinstance(self.prediction, dc.NumericSketch):
-                self.prediction.update(np.array(preds, dtype=np.float64))
-            else:
-                self.prediction.update(preds)
-        self.latency.update(
-            np.array([e.latency_ms for e in events], dtype=np.float64)  # None -> NaN
-        )
+        self.unknown_feature_values += unknown
+        self.latency.update(np.array([e.latency_ms for e in events], dtype=np.float64))
         self.errors += sum(1 for e in events if e.status == "error")
+        return rejected
+
+    def _columns(
+        self, events: Sequence[Event]
+    ) -> tuple[dict[str, Any], Any, Sequence[Event], int] | None:
+        """Every feature's column (float64 arrays for numeric features, lists of str for
+        categorical ones) and the number of values of features the profile does not
+        have, or None if a value has the wrong kind. Each event costs one dict merge and
+        two C-level item lookups, whatever the number of features."""
+        layout = _layout(self.profile)
+        unknown = 0
+        try:
+            out: dict[str, Any] = {}
+            if events:
+                rows = [{**layout.defaults, **e.features} for e in events]
+                unknown = sum(map(len, rows)) - len(rows) * len(layout.defaults)
+                if layout.numeric:
+                    matrix = np.array([layout.numeric_of(r) for r in rows], dtype=np.float64)
+                    if matrix.ndim == 1:
+                        matrix = matrix.reshape(-1, 1)
+                    for j, name in enumerate(layout.numeric):
+                        out[name] = matrix[:, j]
+                if layout.categorical:
+                    columns = zip(*(layout.categorical_of(r) for r in rows), strict=True)
+                    for name, column in zip(layout.categorical, columns, strict=True):
+                        out[name] = _column(self.features[name], list(column))
+            else:
+                out = {name: [] for name in self.features}
+            prediction = None
+            if self.prediction is not None:
+                prediction = _column(self.prediction, [e.prediction for e in events])
+        except (ValueError, TypeError):
+            return None
+        return out, prediction, events, unknown
 
     def report(self, late_events: int) -> dict[str, Any]:
         """The WindowReport of this window (a JSON-ready dict)."""
@@ -128,6 +166,54 @@ class OpenWindow:
                 "error_rate": self.errors / self.rows if self.rows else None,
             },
         }
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How to pull a profile's features out of events in bulk."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    defaults: dict[str, None]
+    numeric_of: Callable[[dict[str, Any]], Any]
+    categorical_of: Callable[[dict[str, Any]], Any]
+
+
+_layouts: dict[int, tuple[ModelProfile, _Layout]] = {}
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
+    if len(names) == 1:  # itemgetter of one key returns the value, not a 1-tuple
+        (only,) = names
+        return lambda row: (row[only],)
+    return operator.itemgetter(*names)
+
+
+def _layout(profile: ModelProfile) -> _Layout:
+    cached = _layouts.get(id(profile))
+    if cached is not None and cached[0] is profile:
+        return cached[1]
+    numeric = tuple(k for k, r in profile.features.items() if isinstance(r, dc.NumericReference))
+    categorical = tuple(k for k in profile.features if k not in numeric)
+    layout = _Layout(
+        numeric,
+        categorical,
+        dict.fromkeys(profile.features),
+        _getter(numeric),
+        _getter(categorical),
+    )
+    _layouts[id(profile)] = (profile, layout)
+    return layout
+
+
+def _column(sketch: Sketch, values: list[Any]) -> Any:
+    """A column ready for ``sketch.update``; ValueError / TypeError on a wrong kind."""
+    if isinstance(sketch, dc.NumericSketch):
+        return np.array(values, dtype=np.float64)  # str -> ValueError, None -> NaN
+    for v in values:
+        if v is not None and type(v) is not str:
+            raise TypeError("categorical values are strings")
+    return values
 
 
 def _num(v: float) -> float | None:
@@ -206,10 +292,12 @@ class WindowEngine:
 
         ``now_ms`` is the wall-clock arrival time, used only by :meth:`advance`."""
         out = Outcome()
-        groups: dict[tuple[str, str, int], list[Event]] = defaultdict(list)
+        groups: dict[tuple[str, str, int], list[tuple[int, Event]]] = defaultdict(list)
+        batch_events: list[Event] = []
         touched: set[str] = set()
         spec = self.spec
         for position, event in enumerate(events):
+            batch_events.append(event)
             profile = self.profile(event.model, event.model_version)
             if profile is None:
                 out.rejected.append(
@@ -224,11 +312,6 @@ class WindowEngine:
                     )
                 )
                 continue
-            mismatch = _type_mismatch(event, profile)
-            if mismatch is not None:
-                why = Invalid("feature_type_mismatch", mismatch, encode_event(event))
-                out.rejected.append((position, why))
-                continue
             state = self._models[event.model]
             if state.max_ts is None or event.ts > state.max_ts:
                 state.max_ts = event.ts
@@ -236,7 +319,7 @@ class WindowEngine:
             placed = False
             for start in spec.starts(event.ts):
                 if not spec.is_closed(start, watermark):
-                    groups[(event.model, event.model_version, start)].append(event)
+                    groups[(event.model, event.model_version, start)].append((position, event))
                     placed = True
             if now_ms is not None:
                 state.last_seen_ms = now_ms
@@ -246,6 +329,7 @@ class WindowEngine:
             else:
                 out.late += 1
                 state.late_since_report += 1
+        mistyped: dict[int, str] = {}
         for (model, version, start), batch in groups.items():
             state = self._models[model]
             window = state.windows.get((version, start))
@@ -254,7 +338,12 @@ class WindowEngine:
                 assert profile is not None
                 window = OpenWindow(profile, model, version, start, spec.end(start))
                 state.windows[(version, start)] = window
-            window.add(batch)
+            mistyped.update(window.add(batch))
+        for position, why in sorted(mistyped.items()):
+            bad = Invalid("feature_type_mismatch", why, encode_event(batch_events[position]))
+            out.rejected.append((position, bad))
+            out.accepted -= 1
+        out.rejected.sort(key=lambda r: r[0])
         for model in touched:
             out.reports.extend(self._close(model))
         return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -31,27 +31,6 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     prediction: float | str | None = None
     latency_ms: float | None = None
     status: Literal["ok", "error"] = "ok"
-
-
-class _WireEvent(msgspec.Struct, frozen=True, gc=False):
-    schema: Literal["driftline.event/v1"]
-    event_id: str
-    model: str
-    ts: str | int | float
-    features: dict[str, FeatureValue]
-    model_version: str | int = ""
-    prediction: float | str | None = None
-    latency_ms: float | None = None
-    status: Literal["ok", "error"] = "ok"
-
-
-class _Envelope(msgspec.Struct, frozen=True):
-    schema: str
-    events: list[msgspec.Raw] = []
-
-
-class _Schema(msgspec.Struct):
-    schema: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +60,95 @@ class Decoded:
     invalid: list[Invalid] = field(default_factory=list)
 
 
-_event_decoder = msgspec.json.Decoder(_WireEvent)
-_envelope_decoder = msgspec.json.Decoder(_Envelope)
-_schema_decoder = msgspec.json.Decoder(_Schema)
+_MAX_FLOAT = 1.7976931348623157e308
+
+
+class _Codecs:
+    """msgspec decoders for one set of limits: the limits on sizes, lengths and finite
+    numbers are checked by msgspec itself, in C, while it parses."""
+
+    def __init__(self, limits: Limits) -> None:
+        text = Annotated[str, msgspec.Meta(max_length=limits.max_string_bytes)]
+        ident = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.max_string_bytes)]
+        number = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
+        value = number | text | None
+        features = Annotated[dict[text, value], msgspec.Meta(max_length=limits.max_features)]
+        self.event_type = msgspec.defstruct(
+            "WireEvent",
+            [
+                ("event_id", ident),
+                ("model", ident),
+                ("ts", str | int | float),
+                ("features", features),
+                ("model_version", text | int, ""),
+                ("prediction", value, None),
+                ("latency_ms", Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)] | None, None),
+                ("status", Literal["ok", "error"], "ok"),
+            ],
+            tag_field="schema",
+            tag=EVENT_SCHEMA,
+            frozen=True,
+            gc=False,
+        )
+        self.envelope_type = msgspec.defstruct(
+            "WireBatch",
+            [
+                (
+                    "events",
+                    Annotated[
+                        list[msgspec.Raw], msgspec.Meta(max_length=limits.max_events_per_batch)
+                    ],
+                )
+            ],
+            tag_field="schema",
+            tag=BATCH_SCHEMA,
+        )
+        # fast path: a whole envelope of valid events in one pass
+        events_of: Any = Annotated[
+            list[self.event_type],  # type: ignore[name-defined]
+            msgspec.Meta(max_length=limits.max_events_per_batch),
+        ]
+        self.typed_envelope = msgspec.defstruct(
+            "WireTypedBatch", [("events", events_of)], tag_field="schema", tag=BATCH_SCHEMA
+        )
+        self.typed = msgspec.json.Decoder(self.event_type | self.typed_envelope)
+        self.message = msgspec.json.Decoder(self.event_type | self.envelope_type)
+        self.event = msgspec.json.Decoder(self.event_type)
+
+
+_codecs: dict[Limits, _Codecs] = {}
+_last: tuple[Limits, _Codecs] | None = None
+
+
+def _codecs_for(limits: Limits) -> _Codecs:
+    global _last
+    if _last is not None and _last[0] is limits:  # the common case, without hashing
+        return _last[1]
+    codecs = _codecs.get(limits)
+    if codecs is None:
+        codecs = _codecs[limits] = _Codecs(limits)
+    _last = (limits, codecs)
+    return codecs
+
+
+def _reason(exc: msgspec.MsgspecError) -> str:
+    """A stable reason code for a msgspec error."""
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return "invalid_json"
+    text = str(exc)
+    if "$.schema" in text or "Object missing required field `schema`" in text:
+        return "unknown_schema" if "Invalid value" in text else "schema_violation"
+    if "of length <=" in text:
+        if "at `$.features`" in text:
+            return "too_many_features"
+        if "at `$.events`" in text:
+            return "too_large"
+        return "string_too_long"
+    if "of length >=" in text:
+        return "bad_field"
+    if "Expected `float` >=" in text or "Expected `float` <=" in text:
+        return "not_finite" if "latency_ms" not in text else "bad_field"
+    return "schema_violation"
 
 
 def parse_ts(ts: str | int | float) -> int:
@@ -99,40 +164,20 @@ def parse_ts(ts: str | int | float) -> int:
     return int(ts)
 
 
-def _check(wire: _WireEvent, limits: Limits, now_ms: int | None) -> Event | tuple[str, str]:
-    if len(wire.features) > limits.max_features:
-        return "too_many_features", f"{len(wire.features)} features > {limits.max_features}"
-    long = limits.max_string_bytes
-    for name, value in wire.features.items():
-        if len(name) > long or (isinstance(value, str) and len(value) > long):
-            return "string_too_long", f"feature {name[:40]!r}: more than {long} characters"
-        if isinstance(value, float) and not math.isfinite(value):
-            return "not_finite", f"feature {name[:40]!r} is {value}"
-    for what, text in (("event_id", wire.event_id), ("model", wire.model)):
-        if not text or len(text) > long:
-            return "bad_field", f"{what} must be 1 to {long} characters"
-    if isinstance(wire.prediction, float) and not math.isfinite(wire.prediction):
-        return "not_finite", "prediction is not finite"
-    if wire.latency_ms is not None and not (
-        math.isfinite(wire.latency_ms) and wire.latency_ms >= 0
-    ):
-        return "bad_field", "latency_ms must be a finite number >= 0"
+def _to_event(wire: Any, limits: Limits, now_ms: int | None) -> Event | Invalid:
     try:
         ts = parse_ts(wire.ts)
     except (ValueError, OverflowError) as exc:
-        return "bad_timestamp", str(exc)
+        return Invalid("bad_timestamp", str(exc), b"")
     if ts < limits.min_ts_ms:
-        return "timestamp_out_of_range", f"ts {ts} is before {limits.min_ts_ms}"
+        return Invalid("timestamp_out_of_range", f"ts {ts} is before {limits.min_ts_ms}", b"")
     ahead = limits.max_future_ms
     if now_ms is not None and ahead is not None and ts > now_ms + ahead:
-        return "timestamp_out_of_range", f"ts {ts} is more than {ahead} ms ahead of now"
-    version = str(wire.model_version)
-    if len(version) > long:
-        return "bad_field", "model_version too long"
+        return Invalid("timestamp_out_of_range", f"ts {ts} is more than {ahead} ms ahead", b"")
     return Event(
         event_id=wire.event_id,
         model=wire.model,
-        model_version=version,
+        model_version=str(wire.model_version),
         ts=ts,
         features=wire.features,
         prediction=wire.prediction,
@@ -141,20 +186,12 @@ def _check(wire: _WireEvent, limits: Limits, now_ms: int | None) -> Event | tupl
     )
 
 
-def _one(raw: bytes, limits: Limits, now_ms: int | None, out: Decoded) -> None:
-    try:
-        wire = _event_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        out.invalid.append(Invalid("schema_violation", str(exc), bytes(raw)))
-        return
-    except msgspec.DecodeError as exc:
-        out.invalid.append(Invalid("invalid_json", str(exc), bytes(raw)))
-        return
-    checked = _check(wire, limits, now_ms)
+def _add(out: Decoded, wire: Any, raw: bytes, limits: Limits, now_ms: int | None) -> None:
+    checked = _to_event(wire, limits, now_ms)
     if isinstance(checked, Event):
         out.events.append(checked)
     else:
-        out.invalid.append(Invalid(checked[0], checked[1], bytes(raw)))
+        out.invalid.append(Invalid(checked.reason, checked.detail, raw))
 
 
 def decode(raw: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> Decoded:
@@ -165,36 +202,39 @@ def decode(raw: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> 
             Invalid("too_large", f"{len(raw)} bytes > {limits.max_message_bytes}", raw)
         )
         return out
+    codecs = _codecs_for(limits)
     try:
-        schema = _schema_decoder.decode(raw).schema
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        reason = "invalid_json" if isinstance(exc, msgspec.DecodeError) else "schema_violation"
-        if isinstance(exc, msgspec.ValidationError) and "Expected `object`" in str(exc):
-            reason = "schema_violation"
-        out.invalid.append(Invalid(reason, str(exc), raw))
-        return out
-    if schema == EVENT_SCHEMA:
-        _one(raw, limits, now_ms, out)
-    elif schema == BATCH_SCHEMA:
-        try:
-            envelope = _envelope_decoder.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            out.invalid.append(Invalid("schema_violation", str(exc), raw))
-            return out
-        if len(envelope.events) > limits.max_events_per_batch:
-            out.invalid.append(
-                Invalid(
-                    "too_large",
-                    f"{len(envelope.events)} events > {limits.max_events_per_batch}",
-                    raw,
-                )
-            )
-            return out
-        for item in envelope.events:
-            _one(bytes(item), limits, now_ms, out)
+        typed = codecs.typed.decode(raw)
+    except msgspec.MsgspecError:
+        pass  # find out below what is wrong, and keep the good events of a batch
     else:
-        detail = f"unknown schema {schema[:80]!r}; expected {EVENT_SCHEMA!r} or {BATCH_SCHEMA!r}"
-        out.invalid.append(Invalid("unknown_schema", detail, raw))
+        if isinstance(typed, codecs.event_type):
+            _add(out, typed, raw, limits, now_ms)
+        else:
+            for wire in typed.events:
+                checked = _to_event(wire, limits, now_ms)
+                if isinstance(checked, Event):
+                    out.events.append(checked)
+                else:  # rare: re-encode just this event for the dead letter
+                    item = msgspec.json.encode(wire)
+                    out.invalid.append(Invalid(checked.reason, checked.detail, item))
+        return out
+    try:
+        message = codecs.message.decode(raw)
+    except msgspec.MsgspecError as exc:
+        out.invalid.append(Invalid(_reason(exc), str(exc), raw))
+        return out
+    if isinstance(message, codecs.event_type):
+        _add(out, message, raw, limits, now_ms)
+        return out
+    for item in message.events:
+        item_raw = bytes(item)
+        try:
+            wire = codecs.event.decode(item_raw)
+        except msgspec.MsgspecError as exc:
+            out.invalid.append(Invalid(_reason(exc), str(exc), item_raw))
+            continue
+        _add(out, wire, item_raw, limits, now_ms)
     return out
 
 

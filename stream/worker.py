@@ -44,6 +44,9 @@ class Handler:
     partition_of: dict[str, int] = field(default_factory=dict)
     _loaded: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self._limits = self.config.limits.limits()
+
     def _ensure_loaded(self, model: str) -> None:
         if model in self._loaded:
             return
@@ -64,18 +67,23 @@ class Handler:
         """Processes (partition, offset, value) messages; returns what the engine did."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        limits = self.config.limits.limits()
+        limits = self._limits
         topic = self.config.kafka.events_topic
         events: list[Event] = []
         sources: list[tuple[int, int]] = []
+        last_offsets: dict[tuple[str, int], int] = {}
         for partition, offset, value in messages:
             decoded = decode(value, limits, now_ms)
             for bad in decoded.invalid:
                 await self._dead_letter(bad, topic, partition, offset)
             for event in decoded.events:
-                self._ensure_loaded(event.model)
-                last = self.engine.offsets(event.model).get(str(partition))
-                if last is not None and offset <= last:
+                key = (event.model, partition)
+                last = last_offsets.get(key)
+                if last is None:
+                    self._ensure_loaded(event.model)
+                    last = self.engine.offsets(event.model).get(str(partition), -1)
+                    last_offsets[key] = last
+                if offset <= last:
                     self.metrics.duplicates.labels(event.model).inc()
                     continue
                 events.append(event)
@@ -87,13 +95,19 @@ class Handler:
             await self._dead_letter(bad, topic, partition, offset)
         touched: dict[str, int] = {}
         latest: dict[str, int] = {}
+        counted: dict[str, int] = {}
         for position, (event, (partition, offset)) in enumerate(zip(events, sources, strict=True)):
             if position in rejected:
                 continue
-            self.partition_of[event.model] = partition
-            touched[event.model] = max(touched.get(event.model, -1), offset)
-            latest[event.model] = max(latest.get(event.model, 0), event.ts)
-            self.metrics.events.labels(event.model).inc()
+            model = event.model
+            self.partition_of[model] = partition
+            if offset > touched.get(model, -1):
+                touched[model] = offset
+            if event.ts > latest.get(model, 0):
+                latest[model] = event.ts
+            counted[model] = counted.get(model, 0) + 1
+        for model, n in counted.items():
+            self.metrics.events.labels(model).inc(n)
         for model, ts in latest.items():
             self.metrics.lag.labels(model).set(max(0.0, (now_ms - ts) / 1000))
         if outcome.late:
