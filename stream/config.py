@@ -19,6 +19,7 @@ like (a double underscore separates levels); the environment wins over the file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -209,7 +210,8 @@ class ReferenceStore:
 
     def __init__(self, config: MonitorConfig) -> None:
         self.config = config
-        self._cache: dict[Path, ModelProfile] = {}
+        self._files: dict[Path, ModelProfile] = {}
+        self._resolved: dict[tuple[str, str], ModelProfile | None] = {}
         self.errors: dict[tuple[str, str], str] = {}
 
     def path(self, model: str, version: str) -> Path | None:
@@ -222,30 +224,37 @@ class ReferenceStore:
         return chosen if chosen.is_absolute() else self.config.base_dir / chosen
 
     def __call__(self, model: str, version: str) -> ModelProfile | None:
+        key = (model, version)
+        if key in self._resolved:
+            return self._resolved[key]
+        profile = self._resolve(model, version)
+        self._resolved[key] = profile
+        return profile
+
+    def _resolve(self, model: str, version: str) -> ModelProfile | None:
         path = self.path(model, version)
         if path is None:
             return None
-        if path not in self._cache:
+        if path not in self._files:
             try:
-                profile = ModelProfile.load(path)
+                self._files[path] = ModelProfile.load(path)
             except ProfileError as exc:
                 self.errors[(model, version)] = str(exc)
                 return None
-            mc = self.config.model(model)
-            if mc is not None and mc.features is not None:
-                missing = [f for f in mc.features if f not in profile.features]
-                if missing:
-                    self.errors[(model, version)] = (
-                        f"profile {path} lacks configured features: {', '.join(missing)}"
-                    )
-                    return None
-                wrong = [f for f, k in mc.features.items() if profile.kind(f) != k]
-                if wrong:
-                    self.errors[(model, version)] = (
-                        f"profile {path}: features {', '.join(wrong)} are of another kind "
-                        "than configured"
-                    )
-                    return None
-                profile.features = {f: profile.features[f] for f in mc.features}
-            self._cache[path] = profile
-        return self._cache[path]
+        profile = self._files[path]
+        mc = self.config.model(model)
+        if mc is None or mc.features is None:
+            return profile
+        missing = [f for f in mc.features if f not in profile.features]
+        if missing:
+            self.errors[(model, version)] = (
+                f"profile {path} lacks configured features: {', '.join(missing)}"
+            )
+            return None
+        wrong = [f for f, k in mc.features.items() if profile.kind(f) != k]
+        if wrong:
+            self.errors[(model, version)] = (
+                f"profile {path}: features {', '.join(wrong)} are of another kind than configured"
+            )
+            return None
+        return dataclasses.replace(profile, features={f: profile.features[f] for f in mc.features})
