@@ -257,6 +257,7 @@ class Outcome:
     #: (position in the input batch, why)
     rejected: list[tuple[int, Invalid]] = field(default_factory=list)
     late: int = 0
+    late_by_model: dict[str, int] = field(default_factory=dict)
     accepted: int = 0
 
 
@@ -328,6 +329,7 @@ class WindowEngine:
                 touched.add(event.model)
             else:
                 out.late += 1
+                out.late_by_model[event.model] = out.late_by_model.get(event.model, 0) + 1
                 state.late_since_report += 1
         mistyped: dict[int, str] = {}
         for (model, version, start), batch in groups.items():

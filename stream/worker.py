@@ -110,13 +110,8 @@ class Handler:
             self.metrics.events.labels(model).inc(n)
         for model, ts in latest.items():
             self.metrics.lag.labels(model).set(max(0.0, (now_ms - ts) / 1000))
-        if outcome.late:
-            for event in events:  # attribute late events to their models
-                wm = self.engine.watermark(event.model)
-                if wm is not None and all(
-                    self.engine.spec.is_closed(s, wm) for s in self.engine.spec.starts(event.ts)
-                ):
-                    self.metrics.late.labels(event.model).inc()
+        for model, late in outcome.late_by_model.items():
+            self.metrics.late.labels(model).inc(late)
         await self._publish(outcome)
         for model, offset in touched.items():
             partition = self.partition_of[model]

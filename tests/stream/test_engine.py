@@ -64,6 +64,7 @@ def test_late_events_are_counted_not_added(engine: WindowEngine, make_event: Eve
     engine.process([make_event(ts=T0), make_event(ts=T0 + 12 * MIN)])  # closes window 0
     out = engine.process([make_event(ts=T0 + 5 * MIN), make_event(ts=T0 + 10 * MIN + 1)])
     assert (out.late, out.accepted) == (1, 1)
+    assert out.late_by_model == {"fraud": 1}
     report = engine.flush().reports[0]
     assert report["rows"] == 2
     assert report["late_events"] == 1
