@@ -1,0 +1,164 @@
+"""The rule engine: WindowReports in, alert transitions and retrain events out.
+
+Plain code (no Kafka, no Faust) so the stream worker and the replay CLI share it. State is
+kept per (rule, model, model version, feature) key:
+
+- a window where the figure breaches the threshold (with at least ``min_samples`` values)
+  counts one more consecutive breach; after ``for`` of them the key fires, unless it fired
+  less than ``cooldown`` ago (then it waits, pending, until the cooldown is over);
+- a window that does not breach resolves a firing key and resets the count;
+- a window without enough values (or without the figure) changes nothing.
+
+Each key that starts firing yields one ``firing`` alert, and one ``resolved`` alert when it
+ends: one episode, two alerts. Rules whose action is ``retrain`` turn the keys that start
+firing in a window into one retrain event for that (model, version, rule, window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from alerts.cloudevents import alert_record, retrain_event
+from alerts.rules import Rule, RuleSet
+
+Key = tuple[str, str, str, str]  # rule, model, version, feature ("" for model metrics)
+
+
+class KeyState(msgspec.Struct):
+    consecutive: int = 0
+    firing: bool = False
+    episode_start_ms: int | None = None
+    last_fired_end_ms: int | None = None
+
+
+@dataclass
+class Evaluation:
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    retrain: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    feature: str
+    value: float
+    samples: int
+
+
+def observations(rule: Rule, report: dict[str, Any]) -> list[Observation]:
+    """The values a rule looks at in a report (features it selects, or the model figure)."""
+    metrics = report.get("model_metrics") or {}
+    rows = int(report.get("rows") or 0)
+    if rule.per_feature:
+        out = []
+        for name, figures in (report.get("features") or {}).items():
+            if not rule.selects(name):
+                continue
+            figure = figures.get(rule.metric)
+            if figure is not None:
+                out.append(Observation(name, float(figure), int(figures.get("n") or 0)))
+        return out
+    value: float | None = None
+    samples = rows
+    if rule.metric == "prediction_psi":
+        value = (metrics.get("prediction") or {}).get("psi")
+    elif rule.metric == "latency_p99_ms":
+        latency = metrics.get("latency_ms") or {}
+        value, samples = latency.get("p99"), int(latency.get("count") or 0)
+    elif rule.metric == "error_rate":
+        value = metrics.get("error_rate")
+    elif rule.metric == "accuracy_drop":
+        value = metrics.get("accuracy_drop")
+        samples = int(metrics.get("labelled") or 0)
+    elif rule.metric == "share_of_drifted_features":
+        features = report.get("features") or {}
+        eligible = [f for f in features.values() if f.get("psi") is not None]
+        if eligible:
+            value = sum(1 for f in eligible if f["psi"] > rule.drift_psi) / len(eligible)
+    return [] if value is None else [Observation("", float(value), samples)]
+
+
+class RuleEngine:
+    """Evaluates rules over a model's WindowReports in window order."""
+
+    def __init__(self, rules: RuleSet, source: str = "driftline") -> None:
+        self.rules = rules
+        self.source = source
+        self._state: dict[Key, KeyState] = {}
+
+    def evaluate(self, report: dict[str, Any]) -> Evaluation:
+        out = Evaluation()
+        model, version = str(report["model"]), str(report["model_version"])
+        start = int(report["window_start_ms"])
+        for rule in self.rules.rules:
+            if not rule.applies_to(model):
+                continue
+            started: list[dict[str, Any]] = []
+            for obs in observations(rule, report):
+                enabled, threshold, for_, min_samples = rule.settings(model, obs.feature or None)
+                if not enabled or obs.samples < min_samples:
+                    continue
+                key = (rule.name, model, version, obs.feature)
+                state = self._state.setdefault(key, KeyState())
+                breach = rule.breached(obs.value, threshold)
+                alert = None
+                if breach:
+                    state.consecutive += 1
+                    cooled = (
+                        state.last_fired_end_ms is None
+                        or start >= state.last_fired_end_ms + rule.cooldown
+                    )
+                    if not state.firing and state.consecutive >= for_ and cooled:
+                        state.firing = True
+                        state.episode_start_ms = start
+                        alert = "firing"
+                else:
+                    if state.firing:
+                        alert = "resolved"
+                        state.last_fired_end_ms = start
+                    state.firing = False
+                    state.consecutive = 0
+                if alert is None:
+                    continue
+                record = alert_record(
+                    state=alert,
+                    rule=rule,
+                    report=report,
+                    feature=obs.feature or None,
+                    value=obs.value,
+                    threshold=threshold,
+                    episode_start_ms=state.episode_start_ms,
+                )
+                out.alerts.append(record)
+                if alert == "firing":
+                    started.append(record)
+            if started and rule.action == "retrain":
+                out.retrain.append(retrain_event(self.source, rule, report, started))
+        return out
+
+    def snapshot(self) -> bytes:
+        """State as bytes, to keep beside the window engine's."""
+        return msgspec.msgpack.encode([[list(k), s] for k, s in sorted(self._state.items())])
+
+    def restore(self, data: bytes) -> None:
+        items = msgspec.msgpack.decode(data, type=list[tuple[list[str], KeyState]])
+        self._state = {(k[0], k[1], k[2], k[3]): s for k, s in items}
+
+    def firing(self) -> list[Key]:
+        return sorted(k for k, s in self._state.items() if s.firing)
+
+    def __len__(self) -> int:  # keys tracked
+        return len(self._state)
+
+
+def evaluate_all(rules: RuleSet, reports: list[dict[str, Any]]) -> Evaluation:
+    """Runs a fresh engine over reports sorted by window (what replay does)."""
+    engine = RuleEngine(rules)
+    out = Evaluation()
+    for report in sorted(reports, key=lambda r: (r["window_start_ms"], r["model"])):
+        ev = engine.evaluate(report)
+        out.alerts.extend(ev.alerts)
+        out.retrain.extend(ev.retrain)
+    return out
