@@ -138,13 +138,24 @@ class RuleEngine:
                 out.retrain.append(retrain_event(self.source, rule, report, started))
         return out
 
-    def snapshot(self) -> bytes:
-        """State as bytes, to keep beside the window engine's."""
-        return msgspec.msgpack.encode([[list(k), s] for k, s in sorted(self._state.items())])
+    def snapshot(self, model: str | None = None) -> bytes:
+        """State as bytes (of one model, or all), to keep beside the window engine's."""
+        return msgspec.msgpack.encode(
+            [[list(k), s] for k, s in sorted(self._state.items()) if model in (None, k[1])]
+        )
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes, model: str | None = None) -> None:
+        """Replaces the state (of one model, or all) with a snapshot."""
         items = msgspec.msgpack.decode(data, type=list[tuple[list[str], KeyState]])
-        self._state = {(k[0], k[1], k[2], k[3]): s for k, s in items}
+        if model is None:
+            self._state = {}
+        else:
+            self.forget(model)
+        self._state.update({(k[0], k[1], k[2], k[3]): s for k, s in items})
+
+    def forget(self, model: str) -> None:
+        """Drops a model's keys (its partition went to another worker)."""
+        self._state = {k: s for k, s in self._state.items() if k[1] != model}
 
     def firing(self) -> list[Key]:
         return sorted(k for k, s in self._state.items() if s.firing)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from alerts.rules import RuleSet, default_rules, load_rules
 from stream.errors import StreamError
 from stream.events import Limits
 from stream.profiles import ModelProfile, ProfileError
@@ -86,6 +87,8 @@ class KafkaConfig(_Strict):
     events_topic: str = "driftline.events"
     reports_topic: str = "driftline.reports"
     dlq_topic: str = "driftline.dlq"
+    alerts_topic: str = "driftline.alerts"
+    retrain_topic: str = "driftline.retrain"
     partitions: int = Field(default=4, ge=1)
     batch_size: int = Field(default=5_000, ge=1, description="events taken per batch")
     batch_within: float = Field(default=0.5, gt=0, description="seconds to wait for a batch")
@@ -138,6 +141,8 @@ class MonitorConfig(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
+    rules: Path | None = Field(default=None, description="alert rules (default: shipped)")
+    source: str = Field(default="driftline", description="CloudEvents `source` of retrain events")
     models: list[ModelConfig] = Field(min_length=1)
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -152,6 +157,13 @@ class MonitorConfig(_Strict):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def rule_set(self) -> RuleSet:
+        """The configured alert rules, or the shipped defaults."""
+        if self.rules is None:
+            return default_rules()
+        path = self.rules if self.rules.is_absolute() else self.base_dir / self.rules
+        return load_rules(path)
 
 
 def _env_overrides(prefix: str = "DRIFTLINE_") -> dict[str, Any]:

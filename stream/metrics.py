@@ -36,6 +36,12 @@ class WorkerMetrics:
             ["model"],
             registry=r,
         )
+        self.alerts = Counter(
+            "driftline_alerts", "Alert transitions", ["rule", "state"], registry=r
+        )
+        self.retrain = Counter(
+            "driftline_retrain_events", "Retrain events raised", ["model"], registry=r
+        )
         self.windows_closed = Counter(
             "driftline_windows_closed", "Windows closed and reported", ["model"], registry=r
         )

@@ -22,12 +22,24 @@ from typing import Any
 import faust
 import msgspec
 
+from alerts.engine import RuleEngine
 from stream.config import MonitorConfig, ReferenceStore
 from stream.engine import Outcome, WindowEngine
 from stream.events import Event, Invalid, decode, dlq_record
 from stream.metrics import WorkerMetrics
 
 log = logging.getLogger("driftline.worker")
+
+
+class _Saved(msgspec.Struct):
+    """A model's saved state: the window engine's and the rule engine's."""
+
+    windows: bytes
+    rules: bytes = b""
+
+
+_saved_encoder = msgspec.msgpack.Encoder()
+_saved_decoder = msgspec.msgpack.Decoder(_Saved)
 
 
 @dataclass
@@ -41,6 +53,9 @@ class Handler:
     send_dlq: Any  # async (value: bytes) -> None
     load_state: Any  # (model) -> bytes | None
     save_state: Any  # (model, bytes) -> None
+    rules: RuleEngine | None = None
+    send_alert: Any = None  # async (key: bytes, value: bytes) -> None
+    send_retrain: Any = None  # async (key: bytes, value: bytes) -> None
     partition_of: dict[str, int] = field(default_factory=dict)
     _loaded: set[str] = field(default_factory=set)
 
@@ -52,14 +67,23 @@ class Handler:
             return
         saved = self.load_state(model)
         if saved:
-            self.engine.restore(model, saved)
+            state = _saved_decoder.decode(saved)
+            self.engine.restore(model, state.windows)
+            if self.rules is not None and state.rules:
+                self.rules.restore(state.rules, model)
         self._loaded.add(model)
+
+    def _save(self, model: str) -> None:
+        rules = self.rules.snapshot(model) if self.rules is not None else b""
+        self.save_state(model, _saved_encoder.encode(_Saved(self.engine.snapshot(model), rules)))
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drops state of models whose partitions went to another worker."""
         for model, partition in list(self.partition_of.items()):
             if partition in partitions:
                 self.engine.forget(model)
+                if self.rules is not None:
+                    self.rules.forget(model)
                 self._loaded.discard(model)
                 del self.partition_of[model]
 
@@ -117,7 +141,7 @@ class Handler:
             partition = self.partition_of[model]
             offsets = self.engine.offsets(model)
             offsets[str(partition)] = max(offset, offsets.get(str(partition), -1))
-            self.save_state(model, self.engine.snapshot(model))
+            self._save(model)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return outcome
 
@@ -127,13 +151,25 @@ class Handler:
         outcome = self.engine.advance(now_ms, self.config.window.idle_close)
         await self._publish(outcome)
         for model in {r["model"] for r in outcome.reports}:
-            self.save_state(model, self.engine.snapshot(model))
+            self._save(model)
         return outcome
 
     async def _publish(self, outcome: Outcome) -> None:
         for report in outcome.reports:
-            await self.send_report(report["model"].encode(), msgspec.json.encode(report))
+            key = report["model"].encode()
+            await self.send_report(key, msgspec.json.encode(report))
             self.metrics.observe_report(report)
+            if self.rules is not None:
+                evaluation = self.rules.evaluate(report)
+                for alert in evaluation.alerts:
+                    self.metrics.alerts.labels(alert["rule"], alert["state"]).inc()
+                    if self.send_alert is not None:
+                        await self.send_alert(key, msgspec.json.encode(alert))
+                for event in evaluation.retrain:
+                    self.metrics.retrain.labels(report["model"]).inc()
+                    if self.send_retrain is not None:
+                        await self.send_retrain(key, msgspec.json.encode(event))
+                    log.warning("retrain requested: %s (%s)", event["id"], event["data"]["rule"])
             log.info(
                 "window closed: %s rows=%d drifted=%s",
                 report["report_id"],
@@ -169,6 +205,8 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     events_topic = app.topic(kafka.events_topic, value_serializer="raw", key_serializer="raw")
     reports_topic = app.topic(kafka.reports_topic, value_serializer="raw", key_serializer="raw")
     dlq_topic = app.topic(kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
+    alerts_topic = app.topic(kafka.alerts_topic, value_serializer="raw", key_serializer="raw")
+    retrain_topic = app.topic(kafka.retrain_topic, value_serializer="raw", key_serializer="raw")
     # values are base64 text of the engine's msgpack snapshot: Faust's changelog recovery
     # decodes values with the table's JSON codec whatever the declared type
     state = app.Table(
@@ -190,6 +228,12 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     async def send_dlq(value: bytes) -> None:
         await dlq_topic.send(value=value)
 
+    async def send_alert(key: bytes, value: bytes) -> None:
+        await alerts_topic.send(key=key, value=value)
+
+    async def send_retrain(key: bytes, value: bytes) -> None:
+        await retrain_topic.send(key=key, value=value)
+
     def save_state(model: str, data: bytes) -> None:
         state[model] = base64.b64encode(data).decode()
 
@@ -205,6 +249,9 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         send_dlq=send_dlq,
         load_state=load_state,
         save_state=save_state,
+        rules=RuleEngine(config.rule_set(), source=config.source),
+        send_alert=send_alert,
+        send_retrain=send_retrain,
     )
 
     @app.agent(events_topic, name="driftline-events")
@@ -252,7 +299,13 @@ async def ensure_topics(config: MonitorConfig) -> None:
                 f"topic {kafka.events_topic} has {have} partitions but the configuration says "
                 f"{kafka.partitions}: set kafka.partitions to {have}"
             )
-        wanted = [kafka.events_topic, kafka.reports_topic, kafka.dlq_topic]
+        wanted = [
+            kafka.events_topic,
+            kafka.reports_topic,
+            kafka.dlq_topic,
+            kafka.alerts_topic,
+            kafka.retrain_topic,
+        ]
         topics = set(await admin.list_topics())
         new = [NewTopic(t, kafka.partitions, 1) for t in wanted if t not in topics]
         if new:

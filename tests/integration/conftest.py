@@ -89,6 +89,14 @@ class Setup:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}.alerts"
+
+    @property
+    def retrain(self) -> str:
+        return f"{self.prefix}.retrain"
+
 
 @pytest.fixture
 def setup(kafka: LocalKafka, tmp_path: Path) -> Setup:
@@ -114,6 +122,8 @@ def setup(kafka: LocalKafka, tmp_path: Path) -> Setup:
             "events_topic": f"{prefix}.events",
             "reports_topic": f"{prefix}.reports",
             "dlq_topic": f"{prefix}.dlq",
+            "alerts_topic": f"{prefix}.alerts",
+            "retrain_topic": f"{prefix}.retrain",
             "partitions": 4,
             "batch_size": 2000,
             "batch_within": 0.2,

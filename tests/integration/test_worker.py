@@ -190,3 +190,41 @@ def test_two_workers_share_partitions_and_one_takes_over(
     rows = sorted((r["model"], r["window_start_ms"], r["rows"]) for r in unique.values())
     expected = sorted([(m, t0, 1_000) for m in models] + [(m, t0 + WINDOW, 500) for m in models])
     assert rows == expected
+
+
+def test_a_drift_episode_raises_one_retrain_event_per_rule(
+    setup: Setup, start_worker: Callable[..., Popen[bytes]]
+) -> None:
+    rng = np.random.default_rng(3)
+    t0 = base_ts()
+    shifts = [0.0, 0.8, 0.8, 0.0]  # steady, two drifted windows, steady again
+    events = [
+        e for i, s in enumerate(shifts) for e in window_events(t0 + i * WINDOW, 1_500, rng, s)
+    ]
+    start_worker()
+    produce(
+        setup.kafka.bootstrap, setup.events, [(b"fraud", json.dumps(e).encode()) for e in events]
+    )
+    assert [r["rows"] for r in reports(setup, 4)] == [1_500] * 4
+
+    def retrain_events() -> list[dict[str, Any]] | None:
+        got = [json.loads(v) for v in consume_all(setup.kafka.bootstrap, setup.retrain)]
+        return got if len(got) >= 2 else None
+
+    # reports are sent before their evaluation's events, and window C came before D
+    found = wait_for(retrain_events, 60, "retrain events")
+    assert sorted(e["data"]["rule"] for e in found) == ["feature_ks", "feature_psi"]
+    for event in found:
+        assert event["specversion"] == "1.0"
+        assert event["type"] == "io.driftline.retrain.requested"
+        assert event["subject"] == "fraud"
+        assert event["data"]["report_id"] == f"fraud/3/{t0 + 2 * WINDOW}/{t0 + 3 * WINDOW}"
+        assert [b["feature"] for b in event["data"]["breaches"]] == ["amount"]
+    alerts = [json.loads(v) for v in consume_all(setup.kafka.bootstrap, setup.alerts)]
+    states = sorted((a["rule"], a["feature"], a["state"]) for a in alerts)
+    assert states == [
+        ("feature_ks", "amount", "firing"),
+        ("feature_ks", "amount", "resolved"),
+        ("feature_psi", "amount", "firing"),
+        ("feature_psi", "amount", "resolved"),
+    ]
