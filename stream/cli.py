@@ -58,6 +58,50 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret(env_name: str) -> bytes:
+    import os
+
+    value = os.environ.get(env_name, "")
+    if not value:
+        raise StreamError(
+            f"the webhook secret is read from ${env_name}, which is empty or unset "
+            "(it is never taken from the command line, where `ps` would show it)"
+        )
+    return value.encode()
+
+
+def _dispatcher(args: argparse.Namespace) -> int:
+    from alerts.dispatcher import DispatcherSettings, dispatch_forever
+
+    settings = DispatcherSettings(
+        bootstrap=args.bootstrap,
+        urls=args.url,
+        secret=_secret(args.secret_env),
+        topic=args.topic,
+        dlq_topic=args.dlq_topic,
+        group=args.group,
+        max_attempts=args.max_attempts,
+        base_delay_s=args.base_delay,
+        max_delay_s=args.max_delay,
+    )
+    logging.getLogger("driftline").info("dispatching %s", settings)
+    asyncio.run(dispatch_forever(settings))
+    return 0
+
+
+def _receiver(args: argparse.Namespace) -> int:
+    from alerts.receiver import Receiver, serve
+
+    receiver = Receiver(
+        _secret(args.secret_env),
+        command=args.command,
+        seen_file=Path(args.seen_file) if args.seen_file else None,
+        tolerance_s=args.tolerance,
+    )
+    serve(receiver, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--datadir", help="the worker's own data directory")
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)
+
+    disp = sub.add_parser("dispatcher", help="deliver retrain events to signed webhooks")
+    disp.add_argument("--bootstrap", default="127.0.0.1:9092")
+    disp.add_argument("--url", action="append", required=True, help="webhook URL (repeatable)")
+    disp.add_argument("--secret-env", default="DRIFTLINE_WEBHOOK_SECRET")
+    disp.add_argument("--topic", default="driftline.retrain")
+    disp.add_argument("--dlq-topic", default="driftline.retrain.dlq")
+    disp.add_argument("--group", default="driftline-dispatcher")
+    disp.add_argument("--max-attempts", type=int, default=8)
+    disp.add_argument("--base-delay", type=float, default=0.5, help="seconds")
+    disp.add_argument("--max-delay", type=float, default=60.0, help="seconds")
+    disp.set_defaults(func=_dispatcher)
+
+    recv = sub.add_parser("receiver", help="reference webhook receiver for retrain events")
+    recv.add_argument("--host", default="127.0.0.1")
+    recv.add_argument("--port", type=int, default=8787)
+    recv.add_argument("--secret-env", default="DRIFTLINE_WEBHOOK_SECRET")
+    recv.add_argument("--seen-file", help="where accepted event ids are kept across restarts")
+    recv.add_argument("--tolerance", type=int, default=300, help="timestamp window, seconds")
+    recv.add_argument("--command", nargs=argparse.REMAINDER, help="run per event, JSON on stdin")
+    recv.set_defaults(func=_receiver)
     return parser
 
 
