@@ -17,7 +17,7 @@ WHEEL_DIR := target/wheels
 export OPENBLAS_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup develop demo test test-rust test-python kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-rust clean
+.PHONY: help setup develop demo test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-rust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,13 +36,18 @@ develop: $(STAMP)  ## (re)build the Rust extension into .venv (editable, release
 demo: setup  ## the main job: build references, feed drifting windows, print the figures
 	$(PY) -m drift_core.demo
 
-test: $(STAMP) lint test-rust wheel-check test-python  ## set up and run every check CI runs
+test: $(STAMP) lint test-rust wheel-check test-python prom-check  ## set up and run every check CI runs
 
 test-rust:  ## Rust unit tests of the pure core (no Python)
 	cargo test -q --no-default-features
 
 test-python: $(STAMP)  ## pytest against the wheel in .venv, integration tests on a real local Kafka (exit 5 = no tests = failure)
 	DRIFTLINE_EXPECT_INSTALLED=1 $(VENV)/bin/pytest -q
+
+prom-check: $(STAMP)  ## export the shipped rules for Prometheus, then promtool check rules + test rules
+	$(VENV)/bin/driftline rules export-prometheus --out target/prometheus/driftline-rules.yml
+	promtool check rules target/prometheus/driftline-rules.yml
+	promtool test rules tests/prometheus/rules_test.yml
 
 kafka-up: $(STAMP)  ## start the local Kafka broker on 127.0.0.1:9092 (fetches the jars with Maven once)
 	$(VENV)/bin/driftline kafka up

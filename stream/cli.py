@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from drift_core.errors import DriftlineError
 from stream.errors import StreamError
 
 
@@ -102,6 +103,23 @@ def _receiver(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules(args: argparse.Namespace) -> int:
+    from alerts.prometheus import export_yaml
+    from alerts.rules import default_rules, load_rules
+    from stream.config import parse_duration
+
+    rules = load_rules(args.rules) if args.rules else default_rules()
+    text, notes = export_yaml(rules, parse_duration(args.window) // 1000)
+    for note in notes:
+        print(f"driftline: {note}", file=sys.stderr)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     recv.add_argument("--tolerance", type=int, default=300, help="timestamp window, seconds")
     recv.add_argument("--command", nargs=argparse.REMAINDER, help="run per event, JSON on stdin")
     recv.set_defaults(func=_receiver)
+
+    rules = sub.add_parser("rules", help="work with alert rules")
+    rules.add_argument("action", choices=["export-prometheus"])
+    rules.add_argument("--rules", help="rules file (default: the shipped rules)")
+    rules.add_argument("--window", default="1h", help="window size, to turn `for` into time")
+    rules.add_argument("--out", help="write here instead of standard output")
+    rules.set_defaults(func=_rules)
     return parser
 
 
@@ -153,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except StreamError as exc:
+    except DriftlineError as exc:
         print(f"driftline: {exc}", file=sys.stderr)
         return 2
 

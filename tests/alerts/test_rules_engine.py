@@ -212,3 +212,27 @@ def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(RulesError, match=message):
         load_rules(path)
+
+
+def test_prometheus_export_covers_overrides_and_names_what_it_skips() -> None:
+    from alerts.prometheus import export
+
+    ruleset = RuleSet.model_validate(
+        {
+            "rules": [
+                {"name": "psi", "metric": "psi", "threshold": 0.2, "for": 3,
+                 "overrides": [{"model": "fraud", "feature": "m_*", "threshold": 0.4},
+                               {"model": "old", "enabled": False}]},
+                {"name": "acc", "metric": "accuracy_drop", "threshold": 0.05},
+            ]
+        }
+    )  # fmt: skip
+    doc, notes = export(ruleset, window_s=600)
+    rules = doc["groups"][0]["rules"]
+    assert [r["alert"] for r in rules] == ["DriftlinePsiOverride1", "DriftlinePsi"]
+    override, base = rules
+    assert 'model="fraud",feature=~"m_.*"' in override["expr"]
+    assert "> 0.4" in override["expr"]
+    assert base["expr"].count("unless") == 2
+    assert base["for"] == "1200s"
+    assert notes == ["rule acc: accuracy_drop has no exported metric yet, skipped"]
