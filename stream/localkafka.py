@@ -160,8 +160,9 @@ class LocalKafka:
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # `=`: a URL-safe base64 id may start with "-", which argparse would
+                # take for an option
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(config),
                 "--ignore-formatted",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from stream.events import BATCH_SCHEMA, EVENT_SCHEMA
 
-from .conftest import Setup, consume_all, produce, wait_for
+from .conftest import Setup, consume_all, free_port, produce, wait_for
 
 WINDOW = 600_000
 
@@ -193,8 +194,34 @@ def test_two_workers_share_partitions_and_one_takes_over(
 
 
 def test_a_drift_episode_raises_one_retrain_event_per_rule(
-    setup: Setup, start_worker: Callable[..., Popen[bytes]]
+    setup: Setup, start_worker: Callable[..., Popen[bytes]], tmp_path: Path
 ) -> None:
+    from .test_webhooks import cli, received
+
+    port = free_port()
+    receiver = cli(
+        "receiver", "--port", str(port), "--seen-file", str(tmp_path / "seen"),
+        log=tmp_path / "receiver.log",
+    )  # fmt: skip
+    dispatcher = cli(
+        "dispatcher", "--bootstrap", setup.kafka.bootstrap,
+        "--url", f"http://127.0.0.1:{port}/retrain", "--topic", setup.retrain,
+        "--dlq-topic", f"{setup.retrain}.dlq", "--group", f"{setup.prefix}-dispatcher",
+        log=tmp_path / "dispatcher.log",
+    )  # fmt: skip
+    try:
+        _drift_episode(setup, start_worker)
+        # and the orchestrator's side: both events arrived, signed, exactly once
+        wait_for(lambda: received(port) == 2, 60, "2 retrain events at the receiver")
+        found = [json.loads(v)["id"] for v in consume_all(setup.kafka.bootstrap, setup.retrain)]
+        assert sorted((tmp_path / "seen").read_text().split()) == sorted(found)
+    finally:
+        for proc in (dispatcher, receiver):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _drift_episode(setup: Setup, start_worker: Callable[..., Popen[bytes]]) -> None:
     rng = np.random.default_rng(3)
     t0 = base_ts()
     shifts = [0.0, 0.8, 0.8, 0.0]  # steady, two drifted windows, steady again
