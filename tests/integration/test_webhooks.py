@@ -81,3 +81,34 @@ def test_every_event_arrives_once_despite_outages(setup: Setup, tmp_path: Path) 
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def test_an_event_the_receiver_refuses_goes_to_the_dlq(setup: Setup, tmp_path: Path) -> None:
+    bootstrap = setup.kafka.bootstrap
+    event = {"specversion": "1.0", "type": "io.driftline.retrain.requested", "id": "ev-refused",
+             "source": "test", "subject": "fraud", "data": {}}  # fmt: skip
+    produce(bootstrap, setup.retrain, [(b"fraud", json.dumps(event).encode())])
+    port = free_port()
+    # the receiver holds another secret: every signature fails with 401, which no retry fixes
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "receiver", "--port", str(port)],
+        env={**os.environ, "DRIFTLINE_WEBHOOK_SECRET": "not-the-same-secret"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    group = f"{setup.prefix}-dispatcher"
+    dispatcher = cli(
+        "dispatcher", "--bootstrap", bootstrap, "--url", f"http://127.0.0.1:{port}/retrain",
+        "--topic", setup.retrain, "--dlq-topic", f"{setup.retrain}.dlq", "--group", group,
+        "--base-delay", "0.1", "--max-attempts", "3", log=tmp_path / "dispatcher.log",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: received(port) == 0, 30, "the receiver up")
+        dead = wait_for(lambda: consume_all(bootstrap, f"{setup.retrain}.dlq"), 60, "a dead letter")
+        (record,) = [json.loads(d) for d in dead]
+        assert record["reason"] == "HTTP 401"
+        assert json.loads(record["event"])["id"] == "ev-refused"
+        wait_for(lambda: group_state(bootstrap, group, setup.retrain)[1] == 0, 30, "the commit")
+    finally:
+        for proc in (dispatcher, receiver):
+            proc.terminate()
+            proc.wait(timeout=30)
