@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from drift_core.errors import DriftlineError
@@ -120,6 +121,61 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(args: argparse.Namespace) -> int:
+    from stream.replay import build_reference
+
+    kinds = {}
+    for spec in args.kind or []:
+        name, _, kind = spec.partition("=")
+        if kind not in ("numeric", "categorical"):
+            raise StreamError(f"--kind {spec!r}: use NAME=numeric or NAME=categorical")
+        kinds[name] = kind
+    profile = build_reference(args.data, args.model, args.version, kinds)
+    path = profile.save(args.out)
+    kinds_text = ", ".join(f"{k}:{profile.kind(k)}" for k in profile.features)
+    print(f"wrote {path} ({len(profile.to_bytes()):,} bytes): {kinds_text}")
+    return 0
+
+
+def _when(text: str | None, parse: Callable[[str], int]) -> int | None:
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else parse(text)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from alerts.rules import default_rules, load_rules
+    from stream.config import parse_duration
+    from stream.events import parse_ts
+    from stream.profiles import ModelProfile
+    from stream.replay import events, replay, summary, write_json
+    from stream.windows import WindowSpec
+
+    profile = ModelProfile.load(args.reference)
+    spec = WindowSpec(
+        parse_duration(args.window),
+        parse_duration(args.hop) if args.hop else None,
+        parse_duration(args.lateness),
+    )
+    rules = load_rules(args.rules) if args.rules else default_rules()
+    result = replay(
+        events(
+            args.events,
+            _when(args.from_, parse_ts),
+            _when(args.to, parse_ts),
+        ),
+        spec,
+        lambda model, version: profile,
+        rules,
+        progress=sys.stderr.isatty(),
+    )
+    print(summary(result))
+    if args.json:
+        write_json(result, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--window", default="1h", help="window size, to turn `for` into time")
     rules.add_argument("--out", help="write here instead of standard output")
     rules.set_defaults(func=_rules)
+
+    ref = sub.add_parser("reference", help="build reference profiles")
+    ref.add_argument("action", choices=["build"])
+    ref.add_argument("data", nargs="+", help="Parquet, CSV or NDJSON files")
+    ref.add_argument("--out", required=True, help="profile file to write")
+    ref.add_argument("--model", default="model")
+    ref.add_argument("--version", default="1")
+    ref.add_argument("--kind", action="append", help="NAME=numeric|categorical (repeatable)")
+    ref.set_defaults(func=_reference)
+
+    rep = sub.add_parser("replay", help="backtest windows and rules on historical events")
+    rep.add_argument("events", nargs="+", help="Parquet, CSV or NDJSON files")
+    rep.add_argument("--reference", required=True, help="profile file (driftline reference build)")
+    rep.add_argument("--rules", help="rules file (default: the shipped rules)")
+    rep.add_argument("--window", default="1h")
+    rep.add_argument("--hop")
+    rep.add_argument("--lateness", default="0s")
+    rep.add_argument("--from", dest="from_", help="first event time (RFC 3339 or epoch ms)")
+    rep.add_argument("--to", help="end of event time, exclusive")
+    rep.add_argument("--json", help="write the windows, alerts and retrain events here")
+    rep.set_defaults(func=_replay)
     return parser
 
 

@@ -1,0 +1,234 @@
+"""Replay: the stream's window engine and rule engine over historical events.
+
+``driftline reference build DATA... --out REF`` profiles a table; ``driftline replay
+EVENTS... --reference REF`` feeds events in event-time order through the very engines the
+worker runs, so a backtest gives the reports and alerts the stream would have given.
+
+Input tables (Parquet, CSV or NDJSON, read with polars' lazy scans) are flat: the event
+fields ``ts`` (datetime, epoch milliseconds or RFC 3339 text), ``model``,
+``model_version``, ``event_id``, ``prediction``, ``latency_ms``, ``status``, ``label``,
+and every other column is a feature.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from alerts.engine import RuleEngine
+from alerts.rules import RuleSet
+from stream.engine import WindowEngine
+from stream.errors import StreamError
+from stream.events import Event
+from stream.profiles import Kind, ModelProfile
+from stream.windows import WindowSpec
+
+EVENT_FIELDS = (
+    "ts",
+    "model",
+    "model_version",
+    "event_id",
+    "prediction",
+    "latency_ms",
+    "status",
+    "label",
+)
+BATCH_ROWS = 50_000
+
+
+class ReplayError(StreamError):
+    """Input that replay cannot read; the message names the file and the problem."""
+
+
+def scan(paths: Sequence[str | Path]) -> pl.LazyFrame:
+    """One lazy frame over every input file (by extension)."""
+    frames = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ReplayError(f"{path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            frames.append(pl.scan_parquet(path))
+        elif suffix == ".csv":
+            frames.append(pl.scan_csv(path, try_parse_dates=True))
+        elif suffix in (".ndjson", ".jsonl", ".json"):
+            frames.append(pl.scan_ndjson(path))
+        else:
+            raise ReplayError(f"{path}: unknown format {suffix!r}; use .parquet, .csv or .ndjson")
+    return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+
+
+def _ts_ms(frame: pl.LazyFrame) -> pl.LazyFrame:
+    schema = frame.collect_schema()
+    if "ts" not in schema:
+        raise ReplayError("the input has no `ts` column (event time)")
+    dtype = schema["ts"]
+    if dtype == pl.String:
+        ts = pl.col("ts").str.to_datetime(time_zone="UTC").dt.epoch("ms")
+    elif isinstance(dtype, pl.Datetime):
+        ts = pl.col("ts").dt.epoch("ms")
+    else:
+        ts = pl.col("ts").cast(pl.Int64)
+    return frame.with_columns(ts.alias("ts"))
+
+
+def feature_columns(schema: pl.Schema) -> list[str]:
+    return [c for c in schema.names() if c not in EVENT_FIELDS]
+
+
+def build_reference(
+    paths: Sequence[str | Path],
+    model: str,
+    version: str,
+    kinds: dict[str, Kind] | None = None,
+) -> ModelProfile:
+    """Profiles every feature column (and ``prediction``) of the input."""
+    frame = scan(paths).collect()
+    features = feature_columns(frame.schema)
+    if not features:
+        raise ReplayError("no feature columns: every column is an event field")
+    columns: dict[str, Any] = {}
+    for name in features:
+        column = frame[name]
+        columns[name] = column.to_numpy() if column.dtype.is_numeric() else column.to_list()
+    prediction = frame["prediction"].to_list() if "prediction" in frame.columns else None
+    return ModelProfile.build(model, version, columns, prediction=prediction, kinds=kinds)
+
+
+def events(
+    paths: Sequence[str | Path],
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    default_model: str = "model",
+) -> Iterator[list[Event]]:
+    """Events in event-time order, in batches."""
+    frame = _ts_ms(scan(paths))
+    if from_ms is not None:
+        frame = frame.filter(pl.col("ts") >= from_ms)
+    if to_ms is not None:
+        frame = frame.filter(pl.col("ts") < to_ms)
+    schema = frame.collect_schema()
+    features = feature_columns(schema)
+    ordered = frame.sort("ts", maintain_order=True).collect(engine="streaming")
+    for start in range(0, ordered.height, BATCH_ROWS):
+        chunk = ordered.slice(start, BATCH_ROWS)
+        cols = {c: chunk[c].to_list() for c in chunk.columns}
+        n = chunk.height
+        model = cols.get("model") or [default_model] * n
+        version = cols.get("model_version") or ["1"] * n
+        ids = cols.get("event_id") or [f"row-{start + i}" for i in range(n)]
+        pred = cols.get("prediction") or [None] * n
+        latency = cols.get("latency_ms") or [None] * n
+        status = cols.get("status") or ["ok"] * n
+        feats = [cols[f] for f in features]
+        yield [
+            Event(
+                event_id=str(ids[i]),
+                model=str(model[i]),
+                model_version=str(version[i]),
+                ts=int(cols["ts"][i]),
+                features={f: feats[j][i] for j, f in enumerate(features)},
+                prediction=pred[i],
+                latency_ms=latency[i],
+                status="error" if status[i] == "error" else "ok",
+            )
+            for i in range(n)
+        ]
+
+
+@dataclass
+class ReplayResult:
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    retrain_events: list[dict[str, Any]] = field(default_factory=list)
+    events: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    late: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "driftline.replay/v1",
+            "events": self.events,
+            "late_events": self.late,
+            "rejected": self.rejected,
+            "windows": self.windows,
+            "alerts": self.alerts,
+            "retrain_events": self.retrain_events,
+        }
+
+
+def replay(
+    batches: Iterator[list[Event]],
+    spec: WindowSpec,
+    resolve: Any,
+    rules: RuleSet,
+    progress: bool = False,
+) -> ReplayResult:
+    """Runs the window engine and the rule engine over event batches."""
+    engine = WindowEngine(spec, resolve)
+    ruler = RuleEngine(rules)
+    out = ReplayResult()
+    started = time.monotonic()
+
+    def take(reports: list[dict[str, Any]]) -> None:
+        for report in reports:
+            out.windows.append(report)
+            evaluation = ruler.evaluate(report)
+            out.alerts.extend(evaluation.alerts)
+            out.retrain_events.extend(evaluation.retrain)
+
+    for batch in batches:
+        outcome = engine.process(batch)
+        out.events += len(batch)
+        out.late += outcome.late
+        out.rejected.extend(
+            {"reason": bad.reason, "detail": bad.detail, "event_id": batch[pos].event_id}
+            for pos, bad in outcome.rejected
+        )
+        take(outcome.reports)
+        if progress:
+            rate = out.events / max(1e-9, time.monotonic() - started)
+            print(
+                f"\r{out.events:,} events, {len(out.windows)} windows, {rate:,.0f}/s",
+                end="",
+                file=sys.stderr,
+            )
+    take(engine.flush().reports)
+    if progress:
+        print(file=sys.stderr)
+    return out
+
+
+def summary(result: ReplayResult, psi_threshold: float = 0.2) -> str:
+    head = f"{'model':12} {'version':8} {'window start':24} {'rows':>8}"
+    lines = [f"{head}  drifted (psi > {psi_threshold})"]
+    for w in result.windows:
+        drifted = [k for k, f in w["features"].items() if (f.get("psi") or 0) > psi_threshold]
+        lines.append(
+            f"{w['model'][:12]:12} {w['model_version'][:8]:8} {w['window_start'][:24]:24} "
+            f"{w['rows']:>8}  {', '.join(drifted) or '-'}"
+        )
+    firing = [a for a in result.alerts if a["state"] == "firing"]
+    lines.append(
+        f"\n{result.events:,} events, {len(result.windows)} windows, {len(firing)} alerts fired, "
+        f"{len(result.retrain_events)} retrain events, {result.late} late, "
+        f"{len(result.rejected)} rejected"
+    )
+    for a in firing:
+        lines.append(
+            f"  {a['severity']:8} {a['rule']:16} {a['model']}/{a['model_version']} "
+            f"{a['feature'] or '-':16} {a['metric']}={a['value']:.3f} at {a['window_start']}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(result: ReplayResult, path: Path) -> None:
+    path.write_text(json.dumps(result.to_json(), indent=1))
