@@ -148,7 +148,7 @@ def _replay(args: argparse.Namespace) -> int:
     from stream.config import parse_duration
     from stream.events import parse_ts
     from stream.profiles import ModelProfile
-    from stream.replay import events, replay, summary, write_json
+    from stream.replay import frames, replay, summary, write_json
     from stream.windows import WindowSpec
 
     profile = ModelProfile.load(args.reference)
@@ -159,7 +159,7 @@ def _replay(args: argparse.Namespace) -> int:
     )
     rules = load_rules(args.rules) if args.rules else default_rules()
     result = replay(
-        events(
+        frames(
             args.events,
             _when(args.from_, parse_ts),
             _when(args.to, parse_ts),
@@ -168,6 +168,7 @@ def _replay(args: argparse.Namespace) -> int:
         lambda model, version: profile,
         rules,
         progress=sys.stderr.isatty(),
+        source=", ".join(args.events),
     )
     print(summary(result))
     if args.json:

@@ -96,6 +96,38 @@ class OpenWindow:
         self.errors += sum(1 for e in events if e.status == "error")
         return rejected
 
+    def add_columns(
+        self,
+        rows: int,
+        features: dict[str, Any],
+        prediction: Any,
+        latency: np.ndarray,
+        errors: int,
+        unknown: int,
+    ) -> None:
+        """Adds already-typed columns of ``rows`` events (the columnar path of replay)."""
+        for name, sketch in self.features.items():
+            column = features.get(name)
+            if column is None:  # a feature absent from the input: all missing
+                column = (
+                    np.full(rows, np.nan) if isinstance(sketch, dc.NumericSketch) else [None] * rows
+                )
+            sketch.update(column)
+        if self.prediction is not None:
+            self.prediction.update(
+                prediction
+                if prediction is not None
+                else (
+                    np.full(rows, np.nan)
+                    if isinstance(self.prediction, dc.NumericSketch)
+                    else [None] * rows
+                )
+            )
+        self.rows += rows
+        self.errors += errors
+        self.unknown_feature_values += unknown
+        self.latency.update(latency)
+
     def _columns(
         self, events: Sequence[Event]
     ) -> tuple[dict[str, Any], Any, Sequence[Event], int] | None:
@@ -348,6 +380,90 @@ class WindowEngine:
         out.rejected.sort(key=lambda r: r[0])
         for model in touched:
             out.reports.extend(self._close(model))
+        return out
+
+    def process_columns(
+        self,
+        model: str,
+        version: str,
+        ts: np.ndarray,
+        features: dict[str, Any],
+        prediction: Any = None,
+        latency_ms: np.ndarray | None = None,
+        errors: np.ndarray | None = None,
+        unknown_per_row: int = 0,
+    ) -> Outcome:
+        """The columnar twin of :meth:`process` for events of one model version, in
+        arrival order: the same windows, watermark and lateness, without building events.
+        Numeric features are float64 arrays (NaN = missing), categorical ones lists of str
+        or None; ``errors`` is a boolean array of rows whose status is "error"."""
+        out = Outcome()
+        n = len(ts)
+        if n == 0:
+            return out
+        profile = self.profile(model, version)
+        if profile is None:
+            raise KeyError(f"no reference for model {model!r} version {version!r}")
+        spec = self.spec
+        state = self._models[model]
+        ts = np.asarray(ts, dtype=np.int64)
+        before = np.iinfo(np.int64).min if state.max_ts is None else state.max_ts
+        running = np.maximum.accumulate(np.maximum(ts, before))
+        watermark = running - spec.lateness_ms
+        state.max_ts = int(running[-1])
+        step = spec.step_ms
+        last = ts - ts % step
+        per_event = (spec.size_ms - 1) // step + 1
+        placed = np.zeros(n, dtype=bool)
+        groups: dict[int, np.ndarray] = {}
+        for k in range(per_event):
+            start = last - k * step
+            inside = start + spec.size_ms > ts
+            open_ = start + spec.size_ms > watermark
+            take = inside & open_
+            placed |= take
+            if not take.any():
+                continue
+            for s in np.unique(start[take]):
+                rows = np.flatnonzero(take & (start == s))
+                groups[int(s)] = rows if int(s) not in groups else np.union1d(groups[int(s)], rows)
+        late = int(n - placed.sum())
+        out.late = late
+        if late:
+            out.late_by_model[model] = late
+            state.late_since_report += late
+        out.accepted = n - late
+        latency = (
+            np.asarray(latency_ms, dtype=np.float64)
+            if latency_ms is not None
+            else np.full(n, np.nan)
+        )
+        err = np.asarray(errors, dtype=bool) if errors is not None else np.zeros(n, dtype=bool)
+        for start in sorted(groups):
+            rows = groups[start]
+            contiguous = bool(rows[-1] - rows[0] + 1 == len(rows))
+            pick: slice | np.ndarray = (
+                slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
+            )
+
+            def sub(column: Any, pick: Any = pick, rows: np.ndarray = rows) -> Any:
+                if column is None or isinstance(column, np.ndarray):
+                    return None if column is None else column[pick]
+                return column[pick] if isinstance(pick, slice) else [column[i] for i in rows]
+
+            window = state.windows.get((version, start))
+            if window is None:
+                window = OpenWindow(profile, model, version, start, spec.end(start))
+                state.windows[(version, start)] = window
+            window.add_columns(
+                len(rows),
+                {name: sub(col) for name, col in features.items() if name in window.features},
+                sub(prediction),
+                latency[pick],
+                int(err[pick].sum()),
+                unknown_per_row * len(rows),
+            )
+        out.reports.extend(self._close(model))
         return out
 
     def advance(self, now_ms: int, idle_ms: int) -> Outcome:

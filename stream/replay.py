@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from alerts.engine import RuleEngine
@@ -103,25 +104,40 @@ def build_reference(
     return ModelProfile.build(model, version, columns, prediction=prediction, kinds=kinds)
 
 
+def frames(
+    paths: Sequence[str | Path],
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    rows: int = BATCH_ROWS,
+) -> Iterator[pl.DataFrame]:
+    """The input in event-time order (stable for equal times), in frames of ``rows``."""
+    frame = _ts_ms(scan(paths))
+    if from_ms is not None:
+        frame = frame.filter(pl.col("ts") >= from_ms)
+    if to_ms is not None:
+        frame = frame.filter(pl.col("ts") < to_ms)
+    try:
+        ordered = frame.sort("ts", maintain_order=True).collect(engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        raise ReplayError(f"cannot read {', '.join(map(str, paths))}: {exc}") from None
+    if ordered.height == 0:
+        raise ReplayError(f"no events in {', '.join(map(str, paths))} (in the time range asked)")
+    for start in range(0, ordered.height, rows):
+        yield ordered.slice(start, rows)
+
+
 def events(
     paths: Sequence[str | Path],
     from_ms: int | None = None,
     to_ms: int | None = None,
     default_model: str = "model",
 ) -> Iterator[list[Event]]:
-    """Events in event-time order, in batches."""
-    frame = _ts_ms(scan(paths))
-    if from_ms is not None:
-        frame = frame.filter(pl.col("ts") >= from_ms)
-    if to_ms is not None:
-        frame = frame.filter(pl.col("ts") < to_ms)
-    schema = frame.collect_schema()
-    features = feature_columns(schema)
-    ordered = frame.sort("ts", maintain_order=True).collect(engine="streaming")
-    for start in range(0, ordered.height, BATCH_ROWS):
-        chunk = ordered.slice(start, BATCH_ROWS)
-        cols = {c: chunk[c].to_list() for c in chunk.columns}
+    """Events in event-time order, in batches (for publishing, and for checks)."""
+    for chunk in frames(paths, from_ms, to_ms):
+        features = feature_columns(chunk.schema)
+        start = 0
         n = chunk.height
+        cols = {c: chunk[c].to_list() for c in chunk.columns}
         model = cols.get("model") or [default_model] * n
         version = cols.get("model_version") or ["1"] * n
         ids = cols.get("event_id") or [f"row-{start + i}" for i in range(n)]
@@ -165,18 +181,40 @@ class ReplayResult:
         }
 
 
+def _numeric(frame: pl.DataFrame, name: str, source: str) -> np.ndarray:
+    column = frame[name]
+    if column.dtype == pl.String:
+        raise ReplayError(
+            f"{source}: column {name!r} holds text but the reference says it is numeric "
+            f"(rows {frame['__row'][0]}..{frame['__row'][-1]})"
+        )
+    return column.cast(pl.Float64).to_numpy()
+
+
+def _categorical(frame: pl.DataFrame, name: str, source: str) -> list[Any]:
+    column = frame[name]
+    if column.dtype != pl.String and column.dtype != pl.Null:
+        raise ReplayError(
+            f"{source}: column {name!r} holds {column.dtype} values but the reference says "
+            f"it is categorical (rows {frame['__row'][0]}..{frame['__row'][-1]})"
+        )
+    return column.to_list()
+
+
 def replay(
-    batches: Iterator[list[Event]],
+    batches: Iterator[pl.DataFrame],
     spec: WindowSpec,
     resolve: Any,
     rules: RuleSet,
     progress: bool = False,
+    source: str = "input",
 ) -> ReplayResult:
-    """Runs the window engine and the rule engine over event batches."""
+    """Runs the window engine (its columnar path) and the rule engine over frames."""
     engine = WindowEngine(spec, resolve)
     ruler = RuleEngine(rules)
     out = ReplayResult()
     started = time.monotonic()
+    unknown_models: dict[tuple[str, str], int] = {}
 
     def take(reports: list[dict[str, Any]]) -> None:
         for report in reports:
@@ -185,15 +223,62 @@ def replay(
             out.alerts.extend(evaluation.alerts)
             out.retrain_events.extend(evaluation.retrain)
 
-    for batch in batches:
-        outcome = engine.process(batch)
-        out.events += len(batch)
-        out.late += outcome.late
-        out.rejected.extend(
-            {"reason": bad.reason, "detail": bad.detail, "event_id": batch[pos].event_id}
-            for pos, bad in outcome.rejected
+    offset = 0
+    for frame in batches:
+        frame = frame.with_row_index("__row", offset=offset)
+        offset += frame.height
+        if "model" not in frame.columns:
+            frame = frame.with_columns(pl.lit("model").alias("model"))
+        if "model_version" not in frame.columns:
+            frame = frame.with_columns(pl.lit("1").alias("model_version"))
+        frame = frame.with_columns(
+            pl.col("model").cast(pl.String), pl.col("model_version").cast(pl.String)
         )
-        take(outcome.reports)
+        features = feature_columns(frame.schema)
+        features.remove("__row")
+        for (model, version), part in frame.partition_by(
+            ["model", "model_version"], maintain_order=True, as_dict=True
+        ).items():
+            model, version = str(model), str(version)
+            profile = engine.profile(model, version)
+            if profile is None:
+                unknown_models[(model, version)] = (
+                    unknown_models.get((model, version), 0) + part.height
+                )
+                continue
+            columns: dict[str, Any] = {}
+            for name in features:
+                if name in profile.features:
+                    kind = profile.kind(name)
+                    columns[name] = (
+                        _numeric(part, name, source)
+                        if kind == "numeric"
+                        else _categorical(part, name, source)
+                    )
+            prediction = None
+            if profile.prediction is not None and "prediction" in part.columns:
+                prediction = (
+                    _numeric(part, "prediction", source)
+                    if profile.prediction.kind == "numeric"
+                    else _categorical(part, "prediction", source)
+                )
+            outcome = engine.process_columns(
+                model,
+                version,
+                part["ts"].to_numpy(),
+                columns,
+                prediction,
+                part["latency_ms"].cast(pl.Float64).to_numpy()
+                if "latency_ms" in part.columns
+                else None,
+                (part["status"] == "error").fill_null(False).to_numpy()
+                if "status" in part.columns
+                else None,
+                unknown_per_row=sum(1 for f in features if f not in profile.features),
+            )
+            out.events += part.height
+            out.late += outcome.late
+            take(outcome.reports)
         if progress:
             rate = out.events / max(1e-9, time.monotonic() - started)
             print(
@@ -202,6 +287,10 @@ def replay(
                 file=sys.stderr,
             )
     take(engine.flush().reports)
+    out.rejected.extend(
+        {"reason": "unknown_model", "model": m, "model_version": v, "rows": n}
+        for (m, v), n in unknown_models.items()
+    )
     if progress:
         print(file=sys.stderr)
     return out

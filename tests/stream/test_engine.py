@@ -210,3 +210,45 @@ def test_models_sharing_a_profile_report_under_their_own_names(
     reports = eng.flush().reports
     assert sorted((r["model"], r["rows"]) for r in reports) == [("a", 1), ("b", 2)]
     assert len({r["report_id"] for r in reports}) == 2
+
+
+@pytest.mark.parametrize("hop", [None, 5 * MIN])
+def test_the_columnar_path_equals_the_event_path(
+    make_profile: Callable[..., ModelProfile], make_event: EventFactory, hop: int | None
+) -> None:
+    profile = make_profile()
+    spec = WindowSpec(size_ms=10 * MIN, hop_ms=hop, lateness_ms=2 * MIN)
+    rng = np.random.default_rng(8)
+    # out of order, with some events beyond the lateness: late ones must match too
+    ts = T0 + np.sort(rng.integers(0, 60 * MIN, 3_000)) + rng.integers(-12 * MIN, 1, 3_000)
+    amounts = rng.lognormal(3, 0.5, 3_000)
+    amounts[::97] = np.nan
+    countries = rng.choice(["DE", "FR", "NL", "PL"], 3_000).tolist()
+    countries[::53] = [None] * len(countries[::53])
+    preds = rng.uniform(size=3_000)
+    lat = rng.lognormal(2, 0.3, 3_000)
+    status = rng.random(3_000) < 0.02
+    events = [
+        make_event(ts=int(t), amount=None if np.isnan(a) else float(a), country=c,
+                   prediction=float(p), latency_ms=float(la), status="error" if s else "ok")
+        for t, a, c, p, la, s in zip(ts, amounts, countries, preds, lat, status, strict=True)
+    ]  # fmt: skip
+    by_events = WindowEngine(spec, lambda m, v: profile)
+    by_columns = WindowEngine(spec, lambda m, v: profile)
+    expected, got = [], []
+    late_e = late_c = 0
+    for lo in range(0, 3_000, 700):  # the same batches both ways
+        hi = lo + 700
+        out_e = by_events.process(events[lo:hi])
+        out_c = by_columns.process_columns(
+            "fraud", "3", ts[lo:hi], {"amount": amounts[lo:hi], "country": countries[lo:hi]},
+            preds[lo:hi], lat[lo:hi], status[lo:hi],
+        )  # fmt: skip
+        expected += out_e.reports
+        got += out_c.reports
+        late_e += out_e.late
+        late_c += out_c.late
+    expected += by_events.flush().reports
+    got += by_columns.flush().reports
+    assert late_e == late_c > 0
+    assert got == approx_reports(expected)

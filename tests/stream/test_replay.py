@@ -14,7 +14,7 @@ from alerts.engine import RuleEngine
 from alerts.rules import default_rules
 from stream.engine import WindowEngine
 from stream.profiles import ModelProfile
-from stream.replay import events, replay
+from stream.replay import ReplayError, events, frames, replay
 from stream.windows import WindowSpec
 
 from .conftest import T0
@@ -85,10 +85,35 @@ def test_replay_gives_the_reports_the_engine_gives(tmp_path: Path) -> None:
     frame = pl.concat([table(1_500, rng, T0 + h * HOUR, 0.3 * h) for h in range(3)])
     frame.write_ndjson(tmp_path / "ev.ndjson")
     spec = WindowSpec(HOUR)
-    result = replay(events([tmp_path / "ev.ndjson"]), spec, lambda m, v: profile, default_rules())
+    result = replay(frames([tmp_path / "ev.ndjson"]), spec, lambda m, v: profile, default_rules())
     direct = WindowEngine(spec, lambda m, v: profile)
     batch = [e for b in events([tmp_path / "ev.ndjson"]) for e in b]
     expected = direct.process(batch).reports + direct.flush().reports
     assert result.windows == expected
     ruler = RuleEngine(default_rules())
     assert result.alerts == [a for r in expected for a in ruler.evaluate(r).alerts]
+
+
+def test_bad_input_names_the_file_and_the_column(tmp_path: Path) -> None:
+    import pytest
+
+    rng = np.random.default_rng(6)
+    profile = ModelProfile.build(
+        "fraud", "3", {"amount": rng.normal(size=100), "country": ["DE"] * 100}
+    )
+    bad = table(10, rng, T0).with_columns(pl.col("amount").cast(pl.String))
+    bad.write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ReplayError, match=r"'amount' holds text .* numeric \(rows 0\.\.9\)"):
+        replay(frames([tmp_path / "bad.parquet"]), WindowSpec(HOUR), lambda m, v: profile,
+               default_rules(), source="bad.csv")  # fmt: skip
+    with pytest.raises(ReplayError, match="no such file"):
+        list(frames([tmp_path / "missing.parquet"]))
+    (tmp_path / "bad.txt").write_text("ts,amount\n1,2\n")
+    with pytest.raises(ReplayError, match="unknown format"):
+        list(frames([tmp_path / "bad.txt"]))
+    pl.DataFrame({"ts": [], "amount": []}).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(ReplayError, match="no events"):
+        list(frames([tmp_path / "empty.parquet"]))
+    pl.DataFrame({"amount": [1.0]}).write_parquet(tmp_path / "nots.parquet")
+    with pytest.raises(ReplayError, match="no `ts` column"):
+        list(frames([tmp_path / "nots.parquet"]))
