@@ -109,21 +109,42 @@ def frames(
     from_ms: int | None = None,
     to_ms: int | None = None,
     rows: int = BATCH_ROWS,
+    rows_in_memory: int = 500_000,
 ) -> Iterator[pl.DataFrame]:
-    """The input in event-time order (stable for equal times), in frames of ``rows``."""
+    """The input in event-time order (stable for equal times), in frames of ``rows``.
+
+    Memory stays bounded on inputs larger than RAM: the time span is cut into ranges of
+    about ``rows_in_memory`` events, and each range is filtered (Parquet row-group
+    statistics skip what is outside it), sorted and handed out before the next is read."""
     frame = _ts_ms(scan(paths))
     if from_ms is not None:
         frame = frame.filter(pl.col("ts") >= from_ms)
     if to_ms is not None:
         frame = frame.filter(pl.col("ts") < to_ms)
+    where = ", ".join(map(str, paths))
     try:
-        ordered = frame.sort("ts", maintain_order=True).collect(engine="streaming")
+        count, lo, hi = (
+            frame.select(pl.len(), pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi"))
+            .collect(engine="streaming")
+            .row(0)
+        )
     except pl.exceptions.PolarsError as exc:
-        raise ReplayError(f"cannot read {', '.join(map(str, paths))}: {exc}") from None
-    if ordered.height == 0:
-        raise ReplayError(f"no events in {', '.join(map(str, paths))} (in the time range asked)")
-    for start in range(0, ordered.height, rows):
-        yield ordered.slice(start, rows)
+        raise ReplayError(f"cannot read {where}: {exc}") from None
+    if not count or lo is None:
+        raise ReplayError(f"no events in {where} (in the time range asked)")
+    ranges = max(1, -(-count // rows_in_memory))
+    step = max(1, -(-(hi - lo + 1) // ranges))
+    for start in range(lo, hi + 1, step):
+        try:
+            part = (
+                frame.filter((pl.col("ts") >= start) & (pl.col("ts") < start + step))
+                .sort("ts", maintain_order=True)
+                .collect(engine="streaming")
+            )
+        except pl.exceptions.PolarsError as exc:
+            raise ReplayError(f"cannot read {where}: {exc}") from None
+        for first in range(0, part.height, rows):
+            yield part.slice(first, rows)
 
 
 def events(
