@@ -177,6 +177,22 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from stream.compare import compare_tables, render
+
+    result = compare_tables(
+        args.reference,
+        args.current,
+        args.columns.split(",") if args.columns else None,
+        args.psi,
+        args.ks,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    print(render(result))
+    return 1 if args.fail_on_drift and result["drifted"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--to", help="end of event time, exclusive")
     rep.add_argument("--json", help="write the windows, alerts and retrain events here")
     rep.set_defaults(func=_replay)
+
+    cmp_ = sub.add_parser("compare", help="one-shot drift check of a file against a reference")
+    cmp_.add_argument("reference")
+    cmp_.add_argument("current")
+    cmp_.add_argument("--columns", help="comma-separated (default: every common column)")
+    cmp_.add_argument("--psi", type=float, default=0.2, help="PSI threshold")
+    cmp_.add_argument("--ks", type=float, default=0.15, help="KS threshold (numeric columns)")
+    cmp_.add_argument("--json", help="write the figures here")
+    cmp_.add_argument("--fail-on-drift", action="store_true", help="exit 1 when a column drifts")
+    cmp_.set_defaults(func=_compare)
     return parser
 
 

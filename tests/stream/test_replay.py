@@ -117,3 +117,27 @@ def test_bad_input_names_the_file_and_the_column(tmp_path: Path) -> None:
     pl.DataFrame({"amount": [1.0]}).write_parquet(tmp_path / "nots.parquet")
     with pytest.raises(ReplayError, match="no `ts` column"):
         list(frames([tmp_path / "nots.parquet"]))
+
+
+def test_compare_command_finds_the_drifted_column_and_sets_the_exit_code(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    table(5_000, rng, T0).write_parquet(tmp_path / "ref.parquet")
+    table(2_000, rng, T0, shift=0.7).write_csv(tmp_path / "cur.csv")
+    done = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "compare", str(tmp_path / "ref.parquet"),
+         str(tmp_path / "cur.csv"), "--columns", "amount,country,latency_ms",
+         "--json", str(tmp_path / "c.json"), "--fail-on-drift"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["drifted"] == ["amount"]
+    assert doc["columns"]["country"]["kind"] == "categorical"
+    assert "1 of 3 columns drifted" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "compare", str(tmp_path / "ref.parquet"),
+         str(tmp_path / "cur.csv"), "--columns", "nope"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert "no column 'nope'" in missing.stderr
