@@ -151,6 +151,24 @@ def _replay(args: argparse.Namespace) -> int:
     from stream.replay import frames, replay, summary, write_json
     from stream.windows import WindowSpec
 
+    if args.to_kafka:
+        from stream.replay import parse_speed, publish
+
+        sent = asyncio.run(
+            publish(
+                args.events,
+                args.bootstrap,
+                args.to_kafka,
+                parse_speed(args.speed),
+                args.batch,
+                _when(args.from_, parse_ts),
+                _when(args.to, parse_ts),
+            )
+        )
+        print(f"published {sent:,} events to {args.to_kafka} on {args.bootstrap}")
+        return 0
+    if not args.reference:
+        raise StreamError("replay needs --reference (or --to-kafka to publish the events)")
     profile = ModelProfile.load(args.reference)
     spec = WindowSpec(
         parse_duration(args.window),
@@ -253,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("replay", help="backtest windows and rules on historical events")
     rep.add_argument("events", nargs="+", help="Parquet, CSV or NDJSON files")
-    rep.add_argument("--reference", required=True, help="profile file (driftline reference build)")
+    rep.add_argument("--reference", help="profile file (driftline reference build)")
     rep.add_argument("--rules", help="rules file (default: the shipped rules)")
     rep.add_argument("--window", default="1h")
     rep.add_argument("--hop")
@@ -261,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--from", dest="from_", help="first event time (RFC 3339 or epoch ms)")
     rep.add_argument("--to", help="end of event time, exclusive")
     rep.add_argument("--json", help="write the windows, alerts and retrain events here")
+    rep.add_argument("--to-kafka", metavar="TOPIC", help="publish the events instead")
+    rep.add_argument("--bootstrap", default="127.0.0.1:9092")
+    rep.add_argument("--speed", default="max", help="60x (event time vs wall time) or max")
+    rep.add_argument("--batch", type=int, default=1, help="events per batch envelope")
     rep.set_defaults(func=_replay)
 
     cmp_ = sub.add_parser("compare", help="one-shot drift check of a file against a reference")

@@ -342,3 +342,76 @@ def summary(result: ReplayResult, psi_threshold: float = 0.2) -> str:
 
 def write_json(result: ReplayResult, path: Path) -> None:
     path.write_text(json.dumps(result.to_json(), indent=1))
+
+
+def parse_speed(text: str) -> float | None:
+    """'60x' -> 60.0 (event time runs 60 times faster than wall time); 'max' -> None."""
+    if text == "max":
+        return None
+    try:
+        value = float(text.removesuffix("x"))
+    except ValueError:
+        raise ReplayError(f"--speed {text!r}: use e.g. 60x or max") from None
+    if value <= 0:
+        raise ReplayError(f"--speed {text!r} must be positive")
+    return value
+
+
+async def publish(
+    paths: Sequence[str | Path],
+    bootstrap: str,
+    topic: str,
+    speed: float | None = None,
+    batch: int = 1,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+) -> int:
+    """Publishes the events to Kafka in event-time order, keyed by model: one message per
+    event (``batch`` = 1) or ``driftline.batch/v1`` envelopes of up to ``batch`` events of
+    one model. ``speed`` paces event time against wall time (None = as fast as possible)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream.events import encode_batch, encode_event
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=10, max_request_size=8 * 1024 * 1024
+    )
+    await producer.start()
+    sent = 0
+    first_ts: int | None = None
+    started = time.monotonic()
+    pending: dict[str, list[Event]] = {}
+    try:
+        futures = []
+
+        async def flush(model: str) -> None:
+            group = pending.pop(model, [])
+            if group:
+                value = encode_event(group[0]) if batch == 1 else encode_batch(group)
+                futures.append(await producer.send(topic, value=value, key=model.encode()))
+
+        for chunk in events(paths, from_ms, to_ms):
+            for event in chunk:
+                if speed is not None:
+                    first_ts = event.ts if first_ts is None else first_ts
+                    due = started + (event.ts - first_ts) / 1000 / speed
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        for model in list(pending):
+                            await flush(model)
+                        await asyncio.sleep(wait)
+                pending.setdefault(event.model, []).append(event)
+                if len(pending[event.model]) >= batch:
+                    await flush(event.model)
+                sent += 1
+            if len(futures) > 10_000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        for model in list(pending):
+            await flush(model)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
