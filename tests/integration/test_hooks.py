@@ -74,7 +74,11 @@ def test_broker_down_then_up_then_killed_then_up(tmp_path: Path) -> None:
         slowest = record_many(pub, 5_000, "before")
         assert slowest < 0.005
         assert pub.queued == 1_000
-        assert pub.metrics.dropped.labels("queue_full")._value.get() == 4_000
+        wait_for(
+            lambda: pub.metrics.dropped.labels("queue_full")._value.get() == 4_000,
+            10,
+            "drops counted",
+        )
         broker.up()
         wait_for(lambda: pub.queued == 0, 60, "the queue to drain once the broker is up")
         record_many(pub, 300, "during")
