@@ -17,7 +17,7 @@ WHEEL_DIR := target/wheels
 export OPENBLAS_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup develop demo test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-rust clean
+.PHONY: help setup develop demo test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-rust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-stream: develop  ## end-to-end worker throughput through a real local brok
 
 bench-replay: develop  ## replay of 10M events x 20 features from Parquet vs NumPy-only binning
 	$(PY) tests/benchmarks/bench_replay.py --events 10000000
+
+bench-hooks: develop  ## serving hook: added latency per record() and publisher throughput (real broker)
+	$(PY) tests/benchmarks/bench_hooks.py
 
 bench-rust:  ## Rust-level breakdown of the hot paths
 	cargo run -q --release --no-default-features --example speed
