@@ -214,8 +214,11 @@ class SyncPublisher:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._core.run())
-        except Exception:
+        except Exception:  # the hook must never take the app down
             log.exception("driftline hook sender stopped")
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
 
     def record(
         self, model: str, model_version: str, features: Mapping[str, Any], **fields: Any
