@@ -10,7 +10,6 @@ accuracy drop > 5% (critical, retrain).
 from __future__ import annotations
 
 import fnmatch
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.errors import AlertsError
+from stream.durations import parse_duration
 
 FEATURE_METRICS = ("psi", "ks", "ks_pvalue", "chi2_pvalue", "js", "missing_share")
 MODEL_METRICS = (
@@ -41,22 +41,10 @@ Metric = Literal[
     "share_of_drifted_features",
 ]
 Op = Literal[">", ">=", "<", "<="]
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 class RulesError(AlertsError):
     """A rules file that cannot be used; the message says where and why."""
-
-
-def _duration(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("a duration, not a boolean")
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return int(float(m.group(1)) * _UNITS[m.group(2)])
-    raise ValueError(f"{value!r} is not a duration: use e.g. 30s, 5m, 6h or 1d")
 
 
 class _Strict(BaseModel):
@@ -103,7 +91,7 @@ class Rule(_Strict):
     @field_validator("cooldown", mode="before")
     @classmethod
     def _cooldown(cls, v: object) -> object:
-        return _duration(v)
+        return parse_duration(v)
 
     @property
     def per_feature(self) -> bool:

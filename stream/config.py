@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,30 +28,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.rules import RuleSet, default_rules, load_rules
+from stream.durations import parse_duration
 from stream.errors import StreamError
 from stream.events import Limits
 from stream.profiles import ModelProfile, ProfileError
 from stream.windows import WindowSpec
 
-_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-
 
 class ConfigError(StreamError):
     """A monitor configuration that cannot be used; the message says where and why."""
-
-
-def parse_duration(value: object) -> int:
-    """'1h', '90s', '250ms', '1.5m' or a number of milliseconds, to milliseconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration, not a boolean")
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return int(float(match.group(1)) * _UNITS[match.group(2)])
-    raise ValueError(f"{value!r} is not a duration: use e.g. 250ms, 30s, 5m, 1h or 1d")
 
 
 class _Strict(BaseModel):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import ConfigError, ReferenceStore, load_config, parse_duration
+from stream.config import ConfigError, ReferenceStore, load_config
+from stream.durations import parse_duration
 from stream.profiles import ModelProfile
 
 REPO = Path(__file__).resolve().parents[2]
