@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from alerts.engine import RuleEngine
 from alerts.rules import default_rules
@@ -72,6 +73,16 @@ def test_reference_build_and_replay_from_the_command_line(tmp_path: Path) -> Non
         doc["windows"][4]["window_start"]
     }
     assert "12,000 events, 6 windows" in text
+    # the document keeps its documented shape
+    import jsonschema
+
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs" / "replay.schema.json").read_text()
+    )
+    jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())
+    broken = {**doc, "windows": [{**doc["windows"][0], "rows": "many"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
 
 
 def test_replay_gives_the_reports_the_engine_gives(tmp_path: Path) -> None:
@@ -95,8 +106,6 @@ def test_replay_gives_the_reports_the_engine_gives(tmp_path: Path) -> None:
 
 
 def test_bad_input_names_the_file_and_the_column(tmp_path: Path) -> None:
-    import pytest
-
     rng = np.random.default_rng(6)
     profile = ModelProfile.build(
         "fraud", "3", {"amount": rng.normal(size=100), "country": ["DE"] * 100}
