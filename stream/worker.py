@@ -56,11 +56,15 @@ class Handler:
     rules: RuleEngine | None = None
     send_alert: Any = None  # async (key: bytes, value: bytes) -> None
     send_retrain: Any = None  # async (key: bytes, value: bytes) -> None
+    flush: Any = None  # async () -> None: pushes buffered writes (state, reports) to Kafka
     partition_of: dict[str, int] = field(default_factory=dict)
     _loaded: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._limits = self.config.limits.limits()
+        # one batch, timer tick or revocation at a time: each awaits (sends), and a
+        # revocation landing mid-batch would otherwise save a half-forgotten state
+        self.lock = asyncio.Lock()
 
     def _ensure_loaded(self, model: str) -> None:
         if model in self._loaded:
@@ -77,6 +81,15 @@ class Handler:
         rules = self.rules.snapshot(model) if self.rules is not None else b""
         self.save_state(model, _saved_encoder.encode(_Saved(self.engine.snapshot(model), rules)))
 
+    async def revoke(self, partitions: set[int]) -> None:
+        """Drops state of models whose partitions go to another worker, once the batch in
+        flight is done and its state writes have reached Kafka: a write landing after the
+        new owner recovered the table would later overwrite newer state."""
+        async with self.lock:
+            if self.flush is not None:
+                await self.flush()
+            self.forget_partitions(partitions)
+
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drops state of models whose partitions went to another worker."""
         for model, partition in list(self.partition_of.items()):
@@ -89,6 +102,10 @@ class Handler:
 
     async def handle(self, messages: Sequence[tuple[int, int, bytes]]) -> Outcome:
         """Processes (partition, offset, value) messages; returns what the engine did."""
+        async with self.lock:
+            return await self._handle(messages)
+
+    async def _handle(self, messages: Sequence[tuple[int, int, bytes]]) -> Outcome:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         limits = self._limits
@@ -147,6 +164,10 @@ class Handler:
 
     async def tick(self, now_ms: int | None = None) -> Outcome:
         """Closes windows of models that went quiet (called on a timer)."""
+        async with self.lock:
+            return await self._tick(now_ms)
+
+    async def _tick(self, now_ms: int | None) -> Outcome:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         outcome = self.engine.advance(now_ms, self.config.window.idle_close)
         await self._publish(outcome)
@@ -212,7 +233,9 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     state = app.Table(
         "driftline-state",
         default=None,
-        key_type=str,
+        # bytes keys are written raw, so the producer's partitioner puts a model's state
+        # on the partition of its events (str keys would be JSON-quoted and land elsewhere)
+        key_type=bytes,
         value_type=str,
         partitions=kafka.partitions,
         # the changelog partition of a model's state is its key's, as in the events topic
@@ -235,10 +258,10 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         await retrain_topic.send(key=key, value=value)
 
     def save_state(model: str, data: bytes) -> None:
-        state[model] = base64.b64encode(data).decode()
+        state[model.encode()] = base64.b64encode(data).decode()
 
     def load_state(model: str) -> bytes | None:
-        text = state.get(model)
+        text = state.get(model.encode())
         return base64.b64decode(text) if text else None
 
     handler = Handler(
@@ -252,22 +275,25 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         rules=RuleEngine(config.rule_set(), source=config.source),
         send_alert=send_alert,
         send_retrain=send_retrain,
+        flush=app.producer.flush,
     )
 
     @app.agent(events_topic, name="driftline-events")
     async def consume(stream: Any) -> None:
-        async for batch in stream.take_events(kafka.batch_size, within=kafka.batch_within):
+        # noack_take + acks after handling: take_events acks its whole buffer in a
+        # `finally`, so a worker stopped mid-batch would commit events it never counted
+        async for batch in stream.noack_take(kafka.batch_size, within=kafka.batch_within):
             messages = [(e.message.partition, e.message.offset, e.value) for e in batch]
             await handler.handle(messages)
+            for event in batch:
+                await stream.ack(event)
 
     @app.timer(interval=max(0.5, config.window.idle_close / 4000))
     async def close_idle() -> None:
         await handler.tick()
 
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        handler.forget_partitions(
-            {tp.partition for tp in revoked if tp.topic == kafka.events_topic}
-        )
+        await handler.revoke({tp.partition for tp in revoked if tp.topic == kafka.events_topic})
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 

@@ -156,7 +156,7 @@ def start_worker(setup: Setup) -> Iterator[Callable[..., subprocess.Popen[bytes]
             "--datadir",
             str(setup.tmp / f"{name}-data"),
             "--loglevel",
-            "warning",
+            os.environ.get("DRIFTLINE_TEST_LOGLEVEL", "warning"),
         ]
         with (setup.tmp / f"{name}.log").open("wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)

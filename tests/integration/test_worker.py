@@ -133,66 +133,6 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_are_all_counted(
     assert worker.poll() is None
 
 
-def test_two_workers_share_partitions_and_one_takes_over(
-    setup: Setup, start_worker: Callable[..., Popen[bytes]]
-) -> None:
-    import yaml
-
-    from .conftest import group_state
-
-    # four models over four partitions; windows close by watermark, not by idling
-    config = yaml.safe_load(setup.config_path.read_text())
-    ref = config["models"][0]["reference"]
-    models = [f"m{i}" for i in range(4)]
-    config["models"] = [{"name": m, "reference": ref} for m in models]
-    config["window"]["idle_close"] = "10m"
-    setup.config_path.write_text(yaml.safe_dump(config))
-    group = config["kafka"]["group"]
-    bootstrap = setup.kafka.bootstrap
-
-    def batch(start: int, n: int, seed: int) -> list[tuple[bytes | None, bytes]]:
-        rng = np.random.default_rng(seed)
-        out: list[tuple[bytes | None, bytes]] = []
-        for m in models:
-            for e in window_events(start, n, rng):
-                e["model"] = m
-                e["event_id"] = f"{m}-{e['event_id']}"
-                out.append((m.encode(), json.dumps(e).encode()))
-        return out
-
-    t0 = base_ts()
-    window_a = batch(t0, 1_000, 1)
-    start_worker("w1")
-    w2 = start_worker("w2")
-    wait_for(lambda: group_state(bootstrap, group, setup.events)[0] == 2, 90, "two group members")
-    produce(bootstrap, setup.events, window_a[::2])  # half of window A, to both workers
-    wait_for(
-        lambda: group_state(bootstrap, group, setup.events)[1] == 0, 90, "the first half consumed"
-    )
-    w2.terminate()
-    assert w2.wait(timeout=60) is not None
-    closers: list[tuple[bytes | None, bytes]] = []
-    for m in models:  # one event per model in a third window moves the watermarks
-        e = json.loads(window_a[0][1])
-        e.update(model=m, event_id=f"{m}-closer", ts=t0 + 2 * WINDOW + 90_000)
-        closers.append((m.encode(), json.dumps(e).encode()))
-    produce(bootstrap, setup.events, window_a[1::2] + batch(t0 + WINDOW, 500, 2) + closers)
-
-    def all_reports() -> dict[str, dict[str, Any]] | None:
-        got = [json.loads(v) for v in consume_all(bootstrap, setup.reports)]
-        unique = {r["report_id"]: r for r in got}  # redelivery keeps the same id
-        return unique if len(unique) >= 8 else None
-
-    def seen() -> list[tuple[str, int, int]]:
-        got = [json.loads(v) for v in consume_all(bootstrap, setup.reports)]
-        return sorted((r["model"], r["window_start_ms"] - t0, r["rows"]) for r in got)
-
-    unique = wait_for(all_reports, 120, "8 window reports", status=seen)
-    rows = sorted((r["model"], r["window_start_ms"], r["rows"]) for r in unique.values())
-    expected = sorted([(m, t0, 1_000) for m in models] + [(m, t0 + WINDOW, 500) for m in models])
-    assert rows == expected
-
-
 def test_a_drift_episode_raises_one_retrain_event_per_rule(
     setup: Setup, start_worker: Callable[..., Popen[bytes]], tmp_path: Path
 ) -> None:
