@@ -13,11 +13,10 @@ import fnmatch
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.errors import AlertsError
-from stream.durations import parse_duration
+from stream.configfile import describe, parse_duration, read_mapping
 
 FEATURE_METRICS = ("psi", "ks", "ks_pvalue", "chi2_pvalue", "js", "missing_share")
 MODEL_METRICS = (
@@ -158,19 +157,8 @@ def default_rules() -> RuleSet:
 def load_rules(path: str | Path) -> RuleSet:
     """Reads and validates a rules file."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise RulesError(f"cannot read rules {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RulesError(f"{path}: the top level must be a mapping with a `rules` list")
+    raw = read_mapping(path, "rules", RulesError)
     try:
         return RuleSet.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"invalid rules in {path}:"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
-        raise RulesError("\n".join(lines)) from None
+        raise RulesError(describe(exc, f"invalid rules in {path}:")) from None

@@ -197,8 +197,8 @@ class _Core:
                 backoff = min(config.max_backoff_s, backoff * 2)
 
 
-class SyncPublisher:
-    """For threaded servers: the sender runs in a daemon thread with its own event loop."""
+class _Publisher:
+    """What both publishers share: configuration, metrics, the queue and ``record``."""
 
     def __init__(
         self, config: PublisherConfig | None = None, registry: CollectorRegistry | None = None
@@ -206,6 +206,28 @@ class SyncPublisher:
         self.config = config or PublisherConfig()
         self.metrics = HookMetrics(registry)
         self._core = _Core(self.config, self.metrics)
+
+    def record(
+        self, model: str, model_version: str, features: Mapping[str, Any], **fields: Any
+    ) -> None:
+        """Queues one prediction; returns at once and never raises."""
+        try:
+            self._core.put(make_event(model, model_version, features, **fields))
+        except Exception:
+            self.metrics.dropped.labels("bad_input").inc()
+
+    @property
+    def queued(self) -> int:
+        return len(self._core.queue)
+
+
+class SyncPublisher(_Publisher):
+    """For threaded servers: the sender runs in a daemon thread with its own event loop."""
+
+    def __init__(
+        self, config: PublisherConfig | None = None, registry: CollectorRegistry | None = None
+    ) -> None:
+        super().__init__(config, registry)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="driftline-hook", daemon=True)
         self._thread.start()
@@ -220,54 +242,27 @@ class SyncPublisher:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
-    def record(
-        self, model: str, model_version: str, features: Mapping[str, Any], **fields: Any
-    ) -> None:
-        """Queues one prediction; returns at once and never raises."""
-        try:
-            self._core.put(make_event(model, model_version, features, **fields))
-        except Exception:
-            self.metrics.dropped.labels("bad_input").inc()
-
     def close(self) -> None:
         """Flushes what is queued (up to ``close_timeout_s``) and stops the sender."""
         self._core.closing = True
         self._thread.join(self.config.close_timeout_s)
 
-    @property
-    def queued(self) -> int:
-        return len(self._core.queue)
 
-
-class AsyncPublisher:
+class AsyncPublisher(_Publisher):
     """For asyncio servers: the sender is a task in the server's own loop."""
 
     def __init__(
         self, config: PublisherConfig | None = None, registry: CollectorRegistry | None = None
     ) -> None:
-        self.config = config or PublisherConfig()
-        self.metrics = HookMetrics(registry)
-        self._core = _Core(self.config, self.metrics)
+        super().__init__(config, registry)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._core.run())
 
-    def record(
-        self, model: str, model_version: str, features: Mapping[str, Any], **fields: Any
-    ) -> None:
-        """Queues one prediction; returns at once and never raises."""
-        try:
-            self._core.put(make_event(model, model_version, features, **fields))
-        except Exception:
-            self.metrics.dropped.labels("bad_input").inc()
-
     async def close(self) -> None:
+        """Flushes what is queued (up to ``close_timeout_s``) and stops the sender."""
         self._core.closing = True
         if self._task is not None:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(self._task, self.config.close_timeout_s)
-
-    @property
-    def queued(self) -> int:
-        return len(self._core.queue)

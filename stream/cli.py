@@ -107,7 +107,7 @@ def _receiver(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     from alerts.prometheus import export_yaml
     from alerts.rules import default_rules, load_rules
-    from stream.durations import parse_duration
+    from stream.configfile import parse_duration
 
     rules = load_rules(args.rules) if args.rules else default_rules()
     text, notes = export_yaml(rules, parse_duration(args.window) // 1000)
@@ -145,7 +145,7 @@ def _when(text: str | None, parse: Callable[[str], int]) -> int | None:
 
 def _replay(args: argparse.Namespace) -> int:
     from alerts.rules import default_rules, load_rules
-    from stream.durations import parse_duration
+    from stream.configfile import parse_duration
     from stream.events import parse_ts
     from stream.profiles import ModelProfile
     from stream.replay import frames, replay, summary, write_json

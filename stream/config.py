@@ -24,11 +24,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.rules import RuleSet, default_rules, load_rules
-from stream.durations import parse_duration
+from stream.configfile import describe, parse_duration, read_mapping
 from stream.errors import StreamError
 from stream.events import Limits
 from stream.profiles import ModelProfile, ProfileError
@@ -170,32 +169,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid monitor configuration in {source}:"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
-
-
 def load_config(path: str | Path, env: bool = True) -> MonitorConfig:
     """Reads and validates a monitor configuration (YAML, with env overrides)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read monitor configuration {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    raw = read_mapping(path, "monitor configuration", ConfigError)
     if env:
         raw = _merge(raw, _env_overrides())
     try:
         return MonitorConfig.model_validate({**raw, "base_dir": path.parent})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(path))) from None
+        raise ConfigError(describe(exc, f"invalid monitor configuration in {path}:")) from None
     except StreamError as exc:
         raise ConfigError(f"invalid monitor configuration in {path}: {exc}") from None
 

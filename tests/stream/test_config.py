@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import ConfigError, ReferenceStore, load_config
-from stream.durations import parse_duration
+from stream.configfile import parse_duration
 from stream.profiles import ModelProfile
 
 REPO = Path(__file__).resolve().parents[2]

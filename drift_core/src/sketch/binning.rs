@@ -84,39 +84,29 @@ trait Start: Copy + Send + Sync + std::fmt::Debug + 'static {
     fn below(self) -> usize;
 }
 
-impl Start for u16 {
-    const DENSE: u16 = 1 << 15;
-    const MAX_EDGES: usize = (1 << 15) - 1;
-    #[inline(always)]
-    fn new(below: usize, dense: bool) -> Self {
-        below as u16 | if dense { Self::DENSE } else { 0 }
-    }
-    #[inline(always)]
-    fn is_dense(self) -> bool {
-        self & Self::DENSE != 0
-    }
-    #[inline(always)]
-    fn below(self) -> usize {
-        (self & !Self::DENSE) as usize
-    }
+macro_rules! impl_start {
+    ($t:ty) => {
+        impl Start for $t {
+            const DENSE: $t = 1 << (<$t>::BITS - 1);
+            const MAX_EDGES: usize = (1 << (<$t>::BITS - 1)) - 1;
+            #[inline(always)]
+            fn new(below: usize, dense: bool) -> Self {
+                below as $t | if dense { Self::DENSE } else { 0 }
+            }
+            #[inline(always)]
+            fn is_dense(self) -> bool {
+                self & Self::DENSE != 0
+            }
+            #[inline(always)]
+            fn below(self) -> usize {
+                (self & !Self::DENSE) as usize
+            }
+        }
+    };
 }
 
-impl Start for u32 {
-    const DENSE: u32 = 1 << 31;
-    const MAX_EDGES: usize = (1 << 31) - 1;
-    #[inline(always)]
-    fn new(below: usize, dense: bool) -> Self {
-        below as u32 | if dense { Self::DENSE } else { 0 }
-    }
-    #[inline(always)]
-    fn is_dense(self) -> bool {
-        self & Self::DENSE != 0
-    }
-    #[inline(always)]
-    fn below(self) -> usize {
-        (self & !Self::DENSE) as usize
-    }
-}
+impl_start!(u16);
+impl_start!(u32);
 
 #[derive(Debug, Clone)]
 enum Table {
