@@ -17,7 +17,7 @@ WHEEL_DIR := target/wheels
 export OPENBLAS_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup develop demo test test-rust test-python faults prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-rust clean
+.PHONY: help system setup develop demo test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-rust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	$(PIP) install -q -r requirements-dev.txt
 	touch $(STAMP)
 
-setup: $(STAMP) develop  ## create .venv with pinned tools and build the extension
+system:  ## install the Debian packages tests and demo use, when missing (Java, Maven, Prometheus, Chromium, docker-compose)
+	@.ci/system-deps.sh
+
+setup: system $(STAMP) develop  ## create .venv with pinned tools and build the extension
 
 develop: $(STAMP)  ## (re)build the Rust extension into .venv (editable, release mode)
 	$(VENV)/bin/maturin develop --release -q
@@ -36,7 +39,7 @@ develop: $(STAMP)  ## (re)build the Rust extension into .venv (editable, release
 demo: setup  ## the main job: build references, feed drifting windows, print the figures
 	$(PY) -m drift_core.demo
 
-test: $(STAMP) lint test-rust wheel-check test-python prom-check  ## set up and run every check CI runs
+test: system $(STAMP) lint test-rust wheel-check test-python prom-check  ## set up and run every check CI runs
 
 test-rust:  ## Rust unit tests of the pure core (no Python)
 	cargo test -q --no-default-features
@@ -44,8 +47,6 @@ test-rust:  ## Rust unit tests of the pure core (no Python)
 test-python: $(STAMP)  ## pytest against the wheel in .venv, integration tests on a real local Kafka (exit 5 = no tests = failure)
 	DRIFTLINE_EXPECT_INSTALLED=1 $(VENV)/bin/pytest -q
 
-faults: $(STAMP)  ## fault checks that do not hold yet (see tests/faults), against real brokers
-	$(VENV)/bin/pytest -q -p no:cacheprovider --override-ini addopts="--import-mode=importlib" tests/faults
 
 prom-check: $(STAMP)  ## export the shipped rules for Prometheus, then promtool check rules + test rules
 	$(VENV)/bin/driftline rules export-prometheus --out target/prometheus/driftline-rules.yml

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CollectorRegistry, Counter
 
 from alerts.signing import signed_headers
 
@@ -45,6 +46,25 @@ class DispatcherSettings:
         )
 
 
+class DispatcherMetrics:
+    """Delivery counters (served by ``driftline dispatcher --metrics-port``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "driftline_dispatcher_events",
+            "Retrain events done with: delivered to every URL, or dead-lettered",
+            ["outcome"],
+            registry=r,
+        )
+        self.failed_posts = Counter(
+            "driftline_dispatcher_failed_posts", "POST attempts that got no 2xx", registry=r
+        )
+        for outcome in ("delivered", "dead_lettered"):
+            self.events.labels(outcome)  # both series exist from the start, at 0
+
+
 class _StoppingError(Exception):
     """Raised inside a retry wait when the dispatcher is asked to stop."""
 
@@ -55,9 +75,15 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
 
 
 class Dispatcher:
-    def __init__(self, settings: DispatcherSettings, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: DispatcherSettings,
+        rng: random.Random | None = None,
+        metrics: DispatcherMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.rng = rng or random.Random()
+        self.metrics = metrics or DispatcherMetrics()
         self.delivered = 0
         self.dead = 0
         self._stop = asyncio.Event()
@@ -113,6 +139,7 @@ class Dispatcher:
                 await self._dead_letter(producer, body, key, error, url)
                 return
         self.delivered += 1
+        self.metrics.events.labels("delivered").inc()
 
     async def _post_with_retries(
         self, http: aiohttp.ClientSession, url: str, body: bytes, event_id: str
@@ -127,10 +154,12 @@ class Dispatcher:
                     if 200 <= response.status < 300:
                         return None
                     error = f"HTTP {response.status}"
+                    self.metrics.failed_posts.inc()
                     if response.status in (400, 401, 403, 404, 410, 422):
                         return error  # retrying will not help
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
+                self.metrics.failed_posts.inc()
             delay = backoff(attempt, s.base_delay_s, s.max_delay_s, self.rng)
             log.warning("POST %s for %s failed (%s); retry in %.1f s", url, event_id, error, delay)
             try:
@@ -158,12 +187,15 @@ class Dispatcher:
         ).encode()
         await producer.send_and_wait(self.settings.dlq_topic, value=record, key=key)
         self.dead += 1
+        self.metrics.events.labels("dead_lettered").inc()
         log.error("retrain event dead-lettered: %s", reason)
 
 
-async def dispatch_forever(settings: DispatcherSettings) -> None:
+async def dispatch_forever(
+    settings: DispatcherSettings, metrics: DispatcherMetrics | None = None
+) -> None:
     """Runs until SIGTERM or SIGINT; the event in flight stays uncommitted."""
-    dispatcher = Dispatcher(settings)
+    dispatcher = Dispatcher(settings, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, dispatcher.stop)

@@ -73,7 +73,7 @@ def _secret(env_name: str) -> bytes:
 
 
 def _dispatcher(args: argparse.Namespace) -> int:
-    from alerts.dispatcher import DispatcherSettings, dispatch_forever
+    from alerts.dispatcher import DispatcherMetrics, DispatcherSettings, dispatch_forever
 
     settings = DispatcherSettings(
         bootstrap=args.bootstrap,
@@ -87,7 +87,12 @@ def _dispatcher(args: argparse.Namespace) -> int:
         max_delay_s=args.max_delay,
     )
     logging.getLogger("driftline").info("dispatching %s", settings)
-    asyncio.run(dispatch_forever(settings))
+    metrics = DispatcherMetrics()
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+    asyncio.run(dispatch_forever(settings, metrics))
     return 0
 
 
@@ -169,6 +174,8 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
     if not args.reference:
         raise StreamError("replay needs --reference (or --to-kafka to publish the events)")
+    if args.report_png_dir and not args.report:
+        raise StreamError("--report-png-dir goes with --report OUT.html")
     profile = ModelProfile.load(args.reference)
     spec = WindowSpec(
         parse_duration(args.window),
@@ -192,6 +199,13 @@ def _replay(args: argparse.Namespace) -> int:
     if args.json:
         write_json(result, Path(args.json))
         print(f"wrote {args.json}")
+    if args.report:
+        from stream.report import write_report
+
+        png_dir = Path(args.report_png_dir) if args.report_png_dir else None
+        written = write_report(result.to_json(), Path(args.report), png_dir, rules=rules)
+        pngs = f" and {len(written) - 1} charts as PNG in {png_dir}" if png_dir else ""
+        print(f"wrote {args.report}{pngs}")
     return 0
 
 
@@ -242,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     disp.add_argument("--max-attempts", type=int, default=8)
     disp.add_argument("--base-delay", type=float, default=0.5, help="seconds")
     disp.add_argument("--max-delay", type=float, default=60.0, help="seconds")
+    disp.add_argument("--metrics-host", default="127.0.0.1")
+    disp.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics (0 = off)")
     disp.set_defaults(func=_dispatcher)
 
     recv = sub.add_parser("receiver", help="reference webhook receiver for retrain events")
@@ -279,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--from", dest="from_", help="first event time (RFC 3339 or epoch ms)")
     rep.add_argument("--to", help="end of event time, exclusive")
     rep.add_argument("--json", help="write the windows, alerts and retrain events here")
+    rep.add_argument("--report", metavar="OUT.html", help="write a self-contained HTML report")
+    rep.add_argument("--report-png-dir", metavar="DIR", help="also write each chart as PNG here")
     rep.add_argument("--to-kafka", metavar="TOPIC", help="publish the events instead")
     rep.add_argument("--bootstrap", default="127.0.0.1:9092")
     rep.add_argument("--speed", default="max", help="60x (event time vs wall time) or max")

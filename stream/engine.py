@@ -291,6 +291,8 @@ class Outcome:
     late: int = 0
     late_by_model: dict[str, int] = field(default_factory=dict)
     accepted: int = 0
+    #: positions of input messages a driver must not acknowledge: they come again
+    held: list[int] = field(default_factory=list)
 
 
 @dataclass

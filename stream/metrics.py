@@ -36,6 +36,16 @@ class WorkerMetrics:
             ["model"],
             registry=r,
         )
+        self.redelivered = Counter(
+            "driftline_redelivered_messages",
+            "Messages handed again after a rebalance, already applied (skipped)",
+            registry=r,
+        )
+        self.gaps = Counter(
+            "driftline_offset_gaps",
+            "Messages that arrived after a hole in their partition's offsets (re-read)",
+            registry=r,
+        )
         self.alerts = Counter(
             "driftline_alerts", "Alert transitions", ["rule", "state"], registry=r
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 import faust
 import msgspec
+from faust.types import TP
 
 from alerts.engine import RuleEngine
 from stream.config import MonitorConfig, ReferenceStore
@@ -42,6 +43,64 @@ _saved_encoder = msgspec.msgpack.Encoder()
 _saved_decoder = msgspec.msgpack.Decoder(_Saved)
 
 
+class Sequencer:
+    """Checks that each partition's messages arrive in offset order, none missing.
+
+    A consumer can skip a message: Faust drops the one it is handing to the stream
+    when a rebalance suspends the flow, while the fetch position moves past it (the
+    offset is never acked, so it is redelivered only after the next restart, when the
+    state already counts later offsets). So every partition's next offset is
+    remembered, across rebalances too; a message after a hole makes the driver seek
+    back to the hole and hold the partition's later messages until the missing one
+    arrives. If it does not arrive within ``patience_s`` while later ones keep coming,
+    the hole is in the log itself (transaction markers, compaction) and is passed.
+    A partition owned by another worker in between is harmless: seeking back only
+    re-reads messages the state check then skips.
+    """
+
+    TAKE, AGAIN, SEEK, HOLD = "take", "again", "seek", "hold"
+
+    def __init__(self, patience_s: float = 10.0) -> None:
+        self.patience_s = patience_s
+        self._next: dict[int, int] = {}
+        self._sought: dict[int, tuple[int, float]] = {}
+
+    def keep_only(self, partitions: set[int]) -> None:
+        """Forgets partitions a rebalance gave to other workers (re-reading from an old
+        offset when one comes back would be correct but needlessly long)."""
+        for partition in set(self._next) - partitions:
+            del self._next[partition]
+            self._sought.pop(partition, None)
+
+    def next_offset(self, partition: int) -> int | None:
+        return self._next.get(partition)
+
+    def check(self, partition: int, offset: int, now: float) -> str:
+        expected = self._next.get(partition)
+        if expected is None or offset == expected:
+            self._next[partition] = offset + 1
+            self._sought.pop(partition, None)
+            return self.TAKE
+        if offset < expected:
+            return self.AGAIN
+        sought = self._sought.get(partition)
+        if sought is None or sought[0] != expected:
+            self._sought[partition] = (expected, now)
+            return self.SEEK
+        if now - sought[1] < self.patience_s:
+            return self.HOLD
+        log.warning(
+            "partition %d: offsets %d..%d never arrived after %.0f s; passing the gap",
+            partition,
+            expected,
+            offset - 1,
+            self.patience_s,
+        )
+        self._next[partition] = offset + 1
+        del self._sought[partition]
+        return self.TAKE
+
+
 @dataclass
 class Handler:
     """The agent's work, kept apart from Faust so it can be driven directly in tests."""
@@ -57,6 +116,8 @@ class Handler:
     send_alert: Any = None  # async (key: bytes, value: bytes) -> None
     send_retrain: Any = None  # async (key: bytes, value: bytes) -> None
     flush: Any = None  # async () -> None: pushes buffered writes (state, reports) to Kafka
+    seek: Any = None  # async (partition, offset) -> None: re-reads a partition from offset
+    sequencer: Sequencer = field(default_factory=Sequencer)
     partition_of: dict[str, int] = field(default_factory=dict)
     _loaded: set[str] = field(default_factory=set)
 
@@ -113,7 +174,20 @@ class Handler:
         events: list[Event] = []
         sources: list[tuple[int, int]] = []
         last_offsets: dict[tuple[str, int], int] = {}
-        for partition, offset, value in messages:
+        held: list[int] = []
+        check = self.sequencer.check
+        clock = time.monotonic()
+        for position, (partition, offset, value) in enumerate(messages):
+            verdict = check(partition, offset, clock)
+            if verdict is not Sequencer.TAKE:
+                if verdict is Sequencer.AGAIN:
+                    # handed twice after a rebalance; already applied
+                    self.metrics.redelivered.inc()
+                    continue
+                held.append(position)  # comes again after the seek: not acked
+                if verdict is Sequencer.SEEK:
+                    await self._seek_back(partition, offset)
+                continue
             decoded = decode(value, limits, now_ms)
             for bad in decoded.invalid:
                 await self._dead_letter(bad, topic, partition, offset)
@@ -130,6 +204,7 @@ class Handler:
                 events.append(event)
                 sources.append((partition, offset))
         outcome = self.engine.process(events, now_ms)
+        outcome.held = held
         rejected = {position for position, _ in outcome.rejected}
         for position, bad in outcome.rejected:
             partition, offset = sources[position]
@@ -161,6 +236,23 @@ class Handler:
             self._save(model)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return outcome
+
+    async def _seek_back(self, partition: int, offset: int) -> None:
+        expected = self.sequencer.next_offset(partition)
+        assert expected is not None
+        self.metrics.gaps.inc()
+        log.warning(
+            "partition %d: message %d arrived before %d; re-reading from %d",
+            partition,
+            offset,
+            expected,
+            expected,
+        )
+        if self.seek is not None:
+            try:
+                await self.seek(partition, expected)
+            except Exception as exc:  # partition just revoked: its new owner reads it
+                log.warning("partition %d: seek to %d failed: %s", partition, expected, exc)
 
     async def tick(self, now_ms: int | None = None) -> Outcome:
         """Closes windows of models that went quiet (called on a timer)."""
@@ -257,6 +349,9 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     async def send_retrain(key: bytes, value: bytes) -> None:
         await retrain_topic.send(key=key, value=value)
 
+    async def seek(partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(kafka.events_topic, partition), offset)
+
     def save_state(model: str, data: bytes) -> None:
         state[model.encode()] = base64.b64encode(data).decode()
 
@@ -276,6 +371,7 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         send_alert=send_alert,
         send_retrain=send_retrain,
         flush=app.producer.flush,
+        seek=seek,
     )
 
     @app.agent(events_topic, name="driftline-events")
@@ -284,9 +380,10 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         # `finally`, so a worker stopped mid-batch would commit events it never counted
         async for batch in stream.noack_take(kafka.batch_size, within=kafka.batch_within):
             messages = [(e.message.partition, e.message.offset, e.value) for e in batch]
-            await handler.handle(messages)
-            for event in batch:
-                await stream.ack(event)
+            held = set((await handler.handle(messages)).held)
+            for position, event in enumerate(batch):
+                if position not in held:
+                    await stream.ack(event)
 
     @app.timer(interval=max(0.5, config.window.idle_close / 4000))
     async def close_idle() -> None:
@@ -296,6 +393,13 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         await handler.revoke({tp.partition for tp in revoked if tp.topic == kafka.events_topic})
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        handler.sequencer.keep_only(
+            {tp.partition for tp in assigned if tp.topic == kafka.events_topic}
+        )
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
     @app.task
     async def report_unresolved() -> None:

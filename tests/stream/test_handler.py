@@ -13,7 +13,7 @@ from stream.engine import WindowEngine
 from stream.events import Event, encode_event
 from stream.metrics import WorkerMetrics
 from stream.profiles import ModelProfile
-from stream.worker import Handler
+from stream.worker import Handler, Sequencer
 
 from .conftest import T0
 
@@ -79,22 +79,81 @@ def test_bad_messages_and_events_become_dead_letters(
 ) -> None:
     sink = Sink()
     handler = make_handler(make_profile(), {}, sink)
-    good = [(0, i, encode_event(make_event(ts=T0 + i))) for i in range(10)]
+    good = [encode_event(make_event(ts=T0 + i)) for i in range(10)]
     bad = [
-        (0, 10, b"{oops"),
-        (0, 11, encode_event(make_event(model="ghost"))),
-        (0, 12, encode_event(make_event(amount="lots"))),
+        b"{oops",
+        encode_event(make_event(model="ghost")),
+        encode_event(make_event(amount="lots")),
     ]
-    outcome = asyncio.run(handler.handle(good[:5] + bad + good[5:]))
+    values = good[:5] + bad + good[5:]
+    outcome = asyncio.run(handler.handle([(0, i, v) for i, v in enumerate(values)]))
     assert outcome.accepted == 10
     assert [d["reason"] for d in sink.dlq] == [
         "invalid_json",
         "unknown_model",
         "feature_type_mismatch",
     ]
-    assert [d["source"]["offset"] for d in sink.dlq] == [10, 11, 12]
+    assert [d["source"]["offset"] for d in sink.dlq] == [5, 6, 7]
     assert handler.metrics.invalid.labels("unknown_model")._value.get() == 1
     # the quiet model's window is closed by the timer once idle_close has passed
     closed = asyncio.run(handler.tick(now_ms=10**13))
     assert [r["rows"] for r in closed.reports] == [10]
     assert sink.reports[0]["rows"] == 10
+
+
+def test_messages_handed_twice_in_one_batch_are_applied_once(
+    make_profile: Callable[..., ModelProfile], make_event: Callable[..., Event]
+) -> None:
+    # after a rebalance a consumer can hand a range again, in the same batch, before the
+    # state of the first copy is saved
+    messages = [(1, i, encode_event(make_event(ts=T0 + i * 1000))) for i in range(100)]
+    closer = (1, 100, encode_event(make_event(ts=T0 + 10 * MIN)))
+    sink = Sink()
+    handler = make_handler(make_profile(), {}, sink)
+    asyncio.run(handler.handle(messages[:51] + messages + [closer]))
+    (report,) = sink.reports
+    assert report["rows"] == 100
+    assert handler.metrics.redelivered._value.get() == 51
+
+
+def test_a_message_the_consumer_skipped_is_read_again_before_later_ones(
+    make_profile: Callable[..., ModelProfile], make_event: Callable[..., Event]
+) -> None:
+    messages = [(1, i, encode_event(make_event(ts=T0 + i * 1000))) for i in range(200)]
+    closer = (1, 200, encode_event(make_event(ts=T0 + 10 * MIN)))
+    sink = Sink()
+    handler = make_handler(make_profile(), {}, sink)
+    sought: list[tuple[int, int]] = []
+
+    async def seek(partition: int, offset: int) -> None:
+        sought.append((partition, offset))
+
+    handler.seek = seek
+    asyncio.run(handler.handle(messages[:100]))
+    # message 150 is lost on its way to the stream; 151.. arrive
+    outcome = asyncio.run(handler.handle(messages[100:150] + messages[151:]))
+    assert sought == [(1, 150)]
+    assert outcome.held == list(range(50, 99))  # not acked: they come again
+    assert sink.reports == []
+    # the seek delivers 150 onwards; late copies of the old fetch are skipped
+    asyncio.run(handler.handle(messages[150:] + messages[160:170] + [closer]))
+    (report,) = sink.reports
+    assert report["rows"] == 200
+    assert handler.metrics.gaps._value.get() == 1
+    assert handler.metrics.duplicates.labels("fraud")._value.get() == 0
+
+
+def test_a_hole_in_the_log_itself_is_passed_after_the_patience() -> None:
+    seq = Sequencer(patience_s=5.0)
+    assert seq.check(0, 10, now=0.0) == Sequencer.TAKE
+    assert seq.check(0, 12, now=1.0) == Sequencer.SEEK  # 11 missing: seek back once
+    assert seq.check(0, 13, now=2.0) == Sequencer.HOLD
+    assert seq.check(0, 12, now=3.0) == Sequencer.HOLD  # the seek re-delivers from 12
+    assert seq.check(0, 12, now=6.5) == Sequencer.TAKE  # 11 is not coming (a marker)
+    assert seq.check(0, 13, now=6.6) == Sequencer.TAKE
+    assert seq.check(0, 12, now=6.7) == Sequencer.AGAIN
+    # another partition has its own sequence; a rebalance that takes it away forgets it
+    assert seq.check(1, 500, now=7.0) == Sequencer.TAKE
+    seq.keep_only({0})
+    assert seq.next_offset(1) is None
+    assert seq.check(1, 900, now=8.0) == Sequencer.TAKE
