@@ -74,6 +74,8 @@ def retrain_event(
             "model_version": version,
             "model_uri": report.get("model_uri"),
             "reference": report.get("reference"),
+            "run_id": report.get("run_id"),
+            "reference_uri": report.get("reference_uri"),
             "rule": rule.name,
             "severity": rule.severity,
             "window": {"start": report["window_start"], "end": report["window_end"]},

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from drift_core.errors import DriftlineError
 from stream.errors import StreamError
@@ -135,10 +136,29 @@ def _reference(args: argparse.Namespace) -> int:
         if kind not in ("numeric", "categorical"):
             raise StreamError(f"--kind {spec!r}: use NAME=numeric or NAME=categorical")
         kinds[name] = kind
-    profile = build_reference(args.data, args.model, args.version, kinds)
-    path = profile.save(args.out)
+    to_registry = args.mlflow_model is not None or args.run_id is not None
+    if args.out is None and not to_registry:
+        raise StreamError("say where the profile goes: --out FILE and/or --mlflow-model NAME")
+    model = args.mlflow_model or args.model
+    profile = build_reference(args.data, model, args.version, kinds)
     kinds_text = ", ".join(f"{k}:{profile.kind(k)}" for k in profile.features)
-    print(f"wrote {path} ({len(profile.to_bytes()):,} bytes): {kinds_text}")
+    if args.out is not None:
+        path = profile.save(args.out)
+        print(f"wrote {path} ({len(profile.to_bytes()):,} bytes): {kinds_text}")
+    if to_registry:
+        from stream.registry import log_reference, tracking_uri
+
+        logged = log_reference(
+            profile,
+            model=args.mlflow_model,
+            version=args.version if args.mlflow_model else None,
+            run_id=args.run_id,
+        )
+        where = f"models:/{logged.model}/{logged.version}" if logged.version else logged.run_id
+        print(
+            f"logged reference {logged.reference_id} for {where} as {logged.artifact_uri} "
+            f"({tracking_uri()}): {kinds_text}"
+        )
     return 0
 
 
@@ -150,9 +170,9 @@ def _when(text: str | None, parse: Callable[[str], int]) -> int | None:
 
 def _replay(args: argparse.Namespace) -> int:
     from alerts.rules import default_rules, load_rules
+    from stream.config import load_config
     from stream.configfile import parse_duration
     from stream.events import parse_ts
-    from stream.profiles import ModelProfile
     from stream.replay import frames, replay, summary, write_json
     from stream.windows import WindowSpec
 
@@ -172,17 +192,24 @@ def _replay(args: argparse.Namespace) -> int:
         )
         print(f"published {sent:,} events to {args.to_kafka} on {args.bootstrap}")
         return 0
-    if not args.reference:
-        raise StreamError("replay needs --reference (or --to-kafka to publish the events)")
+    if not args.reference and not args.config:
+        raise StreamError(
+            "replay needs --reference or --config (or --to-kafka to publish the events)"
+        )
     if args.report_png_dir and not args.report:
         raise StreamError("--report-png-dir goes with --report OUT.html")
-    profile = ModelProfile.load(args.reference)
+    config = load_config(args.config) if args.config else None
+    resolve = _replay_references(args.reference, config)
+    base = config.window.spec() if config is not None else WindowSpec(3_600_000, None, 0)
     spec = WindowSpec(
-        parse_duration(args.window),
-        parse_duration(args.hop) if args.hop else None,
-        parse_duration(args.lateness),
+        parse_duration(args.window) if args.window else base.size_ms,
+        parse_duration(args.hop) if args.hop else base.hop_ms,
+        parse_duration(args.lateness) if args.lateness else base.lateness_ms,
     )
-    rules = load_rules(args.rules) if args.rules else default_rules()
+    if args.rules:
+        rules = load_rules(args.rules)
+    else:
+        rules = config.rule_set() if config is not None else default_rules()
     result = replay(
         frames(
             args.events,
@@ -190,7 +217,7 @@ def _replay(args: argparse.Namespace) -> int:
             _when(args.to, parse_ts),
         ),
         spec,
-        lambda model, version: profile,
+        resolve,
         rules,
         progress=sys.stderr.isatty(),
         source=", ".join(args.events),
@@ -206,7 +233,51 @@ def _replay(args: argparse.Namespace) -> int:
         written = write_report(result.to_json(), Path(args.report), png_dir, rules=rules)
         pngs = f" and {len(written) - 1} charts as PNG in {png_dir}" if png_dir else ""
         print(f"wrote {args.report}{pngs}")
+    if args.mlflow_experiment:
+        from stream.registry import log_backtest
+
+        run_id = log_backtest(
+            result.to_json(),
+            args.mlflow_experiment,
+            params={
+                "events": ", ".join(args.events),
+                "reference": args.reference or "",
+                "config": args.config or "",
+                "rules": args.rules or ("config" if config is not None else "shipped defaults"),
+                "rule_names": ", ".join(r.name for r in rules.rules),
+                "window_ms": spec.size_ms,
+                "hop_ms": spec.hop_ms or "",
+                "lateness_ms": spec.lateness_ms,
+            },
+            artifacts=[Path(p) for p in (args.json, args.report) if p],
+        )
+        print(f"logged the backtest as MLflow run {run_id} in experiment {args.mlflow_experiment}")
     return 0
+
+
+def _replay_references(reference: str | None, config: Any) -> Callable[[str, str], Any]:
+    """--reference FILE | models:/NAME (each event's version) | models:/NAME/VERSION |
+    models:/NAME@ALIAS; else the monitor config's references."""
+    from stream.config import ReferenceStore
+    from stream.profiles import ModelProfile
+
+    if reference is None:
+        return ReferenceStore(config)
+    if not reference.startswith("models:/"):
+        profile = ModelProfile.load(reference)
+        return lambda model, version: profile
+    from stream.registry import RegistryReferences
+
+    tracking = config.mlflow.tracking_uri if config is not None else None
+    refs = RegistryReferences(tracking, retry_s=3600)
+    name, _, pinned = reference.removeprefix("models:/").partition("/")
+    name, _, alias = name.partition("@")
+    if pinned or alias:
+        one = refs.resolve(name, pinned) if pinned else refs.by_alias(name, alias)
+        if one is None:
+            raise StreamError(f"no reference for {reference}: {'; '.join(refs.errors.values())}")
+        return lambda model, version: one
+    return lambda model, version: refs.resolve(name, version)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -279,19 +350,36 @@ def build_parser() -> argparse.ArgumentParser:
     ref = sub.add_parser("reference", help="build reference profiles")
     ref.add_argument("action", choices=["build"])
     ref.add_argument("data", nargs="+", help="Parquet, CSV or NDJSON files")
-    ref.add_argument("--out", required=True, help="profile file to write")
+    ref.add_argument("--out", help="profile file to write")
     ref.add_argument("--model", default="model")
     ref.add_argument("--version", default="1")
+    ref.add_argument(
+        "--mlflow-model",
+        metavar="NAME",
+        help="log the profile with this registered model's --version in MLflow "
+        "(MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)",
+    )
+    ref.add_argument("--run-id", help="log the profile as an artifact of this MLflow run")
     ref.add_argument("--kind", action="append", help="NAME=numeric|categorical (repeatable)")
     ref.set_defaults(func=_reference)
 
     rep = sub.add_parser("replay", help="backtest windows and rules on historical events")
     rep.add_argument("events", nargs="+", help="Parquet, CSV or NDJSON files")
-    rep.add_argument("--reference", help="profile file (driftline reference build)")
-    rep.add_argument("--rules", help="rules file (default: the shipped rules)")
-    rep.add_argument("--window", default="1h")
+    rep.add_argument(
+        "--reference",
+        help="profile file, or from MLflow: models:/NAME (each event's version), "
+        "models:/NAME/VERSION or models:/NAME@ALIAS",
+    )
+    rep.add_argument("--config", help="monitor config: its models' references, window, rules")
+    rep.add_argument("--rules", help="rules file (default: the config's, else the shipped rules)")
+    rep.add_argument("--window", help="window size (default: the config's, else 1h)")
     rep.add_argument("--hop")
-    rep.add_argument("--lateness", default="0s")
+    rep.add_argument("--lateness", help="allowed lateness (default: the config's, else 0s)")
+    rep.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="log the backtest as an MLflow run (parameters, alert counts, JSON/HTML report)",
+    )
     rep.add_argument("--from", dest="from_", help="first event time (RFC 3339 or epoch ms)")
     rep.add_argument("--to", help="end of event time, exclusive")
     rep.add_argument("--json", help="write the windows, alerts and retrain events here")

@@ -104,19 +104,45 @@ class LimitsConfig(_Strict):
         )
 
 
+class RegistryModelConfig(_Strict):
+    """Where a model's references live in the MLflow registry."""
+
+    name: str | None = Field(default=None, description="registered model (default: the model)")
+    alias: str | None = Field(
+        default=None, description="fallback for versions without a reference, e.g. champion"
+    )
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     reference: Path | None = Field(default=None, description="profile for every version")
     versions: dict[str, Path] = Field(default_factory=dict, description="per-version profiles")
+    mlflow: RegistryModelConfig | None = Field(
+        default=None, description="references stored with the model versions in MLflow"
+    )
     features: dict[str, Literal["numeric", "categorical"]] | None = Field(
         default=None, description="features to monitor and their kinds (default: the profile's)"
     )
 
     @model_validator(mode="after")
     def _has_reference(self) -> ModelConfig:
-        if self.reference is None and not self.versions:
-            raise ValueError(f"model {self.name!r} needs `reference` or `versions`")
+        if self.reference is None and not self.versions and self.mlflow is None:
+            raise ValueError(f"model {self.name!r} needs `reference`, `versions` or `mlflow`")
         return self
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(
+        default=None, description="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    )
+    retry: float = Field(
+        default=30_000, gt=0, description="how soon a missing reference is looked up again"
+    )
+
+    @field_validator("retry", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        return parse_duration(v) if isinstance(v, str) else v
 
 
 class MonitorConfig(_Strict):
@@ -124,6 +150,7 @@ class MonitorConfig(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
+    mlflow: MlflowConfig = MlflowConfig()
     rules: Path | None = Field(default=None, description="alert rules (default: shipped)")
     source: str = Field(default="driftline", description="CloudEvents `source` of retrain events")
     models: list[ModelConfig] = Field(min_length=1)
@@ -191,7 +218,23 @@ class ReferenceStore:
         self.config = config
         self._files: dict[Path, ModelProfile] = {}
         self._resolved: dict[tuple[str, str], ModelProfile | None] = {}
-        self.errors: dict[tuple[str, str], str] = {}
+        self._errors: dict[tuple[str, str], str] = {}
+        self._registry: Any = None
+
+    @property
+    def errors(self) -> dict[tuple[str, str], str]:
+        """(model, version) -> why it has no reference, for the versions seen so far."""
+        if self._registry is None:
+            return self._errors
+        return {**self._errors, **self._registry.errors}
+
+    def registry(self) -> Any:
+        if self._registry is None:
+            from stream.registry import RegistryReferences
+
+            mlflow = self.config.mlflow
+            self._registry = RegistryReferences(mlflow.tracking_uri, retry_s=mlflow.retry / 1000)
+        return self._registry
 
     def path(self, model: str, version: str) -> Path | None:
         mc = self.config.model(model)
@@ -206,34 +249,45 @@ class ReferenceStore:
         key = (model, version)
         if key in self._resolved:
             return self._resolved[key]
-        profile = self._resolve(model, version)
+        mc = self.config.model(model)
+        path = self.path(model, version)
+        if path is None and mc is not None and mc.mlflow is not None:
+            # looked up again after the retry interval while missing: a version
+            # registered after its first events is picked up without a restart
+            found = self.registry().resolve(mc.mlflow.name or model, version, mc.mlflow.alias)
+            if found is None:
+                return None
+            profile = self._narrow(f"models:/{mc.mlflow.name or model}/{version}", found, key)
+        else:
+            profile = self._from_file(path, key)
         self._resolved[key] = profile
         return profile
 
-    def _resolve(self, model: str, version: str) -> ModelProfile | None:
-        path = self.path(model, version)
+    def _from_file(self, path: Path | None, key: tuple[str, str]) -> ModelProfile | None:
         if path is None:
             return None
         if path not in self._files:
             try:
                 self._files[path] = ModelProfile.load(path)
             except ProfileError as exc:
-                self.errors[(model, version)] = str(exc)
+                self._errors[key] = str(exc)
                 return None
-        profile = self._files[path]
-        mc = self.config.model(model)
+        return self._narrow(str(path), self._files[path], key)
+
+    def _narrow(
+        self, where: str, profile: ModelProfile, key: tuple[str, str]
+    ) -> ModelProfile | None:
+        mc = self.config.model(key[0])
         if mc is None or mc.features is None:
             return profile
         missing = [f for f in mc.features if f not in profile.features]
         if missing:
-            self.errors[(model, version)] = (
-                f"profile {path} lacks configured features: {', '.join(missing)}"
-            )
+            self._errors[key] = f"profile {where} lacks configured features: {', '.join(missing)}"
             return None
         wrong = [f for f, k in mc.features.items() if profile.kind(f) != k]
         if wrong:
-            self.errors[(model, version)] = (
-                f"profile {path}: features {', '.join(wrong)} are of another kind than configured"
+            self._errors[key] = (
+                f"profile {where}: features {', '.join(wrong)} are of another kind than configured"
             )
             return None
         return dataclasses.replace(profile, features={f: profile.features[f] for f in mc.features})

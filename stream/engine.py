@@ -177,6 +177,7 @@ class OpenWindow:
             "model": self.model,
             "model_version": self.version,
             "reference": profile.identity,
+            **(profile.origin or {}),
             "window_start": iso(self.start),
             "window_end": iso(self.end),
             "window_start_ms": self.start,
@@ -316,11 +317,20 @@ class WindowEngine:
 
     # ------------------------------------------------------------------ input
 
+    def has_profile(self, model: str, version: str) -> bool:
+        """Whether the version's reference is already at hand (no lookup needed)."""
+        return (model, version) in self._profiles
+
     def profile(self, model: str, version: str) -> ModelProfile | None:
         key = (model, version)
-        if key not in self._profiles:
-            self._profiles[key] = self._resolve(model, version)
-        return self._profiles[key]
+        found = self._profiles.get(key)
+        if found is None:
+            # misses are not kept: the resolver decides when to look again (a reference
+            # registered after the version's first events is picked up)
+            found = self._resolve(model, version)
+            if found is not None:
+                self._profiles[key] = found
+        return found
 
     def process(self, events: Iterable[Event], now_ms: int | None = None) -> Outcome:
         """Adds a batch of events; returns reports of the windows that closed.

@@ -67,6 +67,9 @@ class ModelProfile:
     features: dict[str, Reference]
     prediction: Reference | None = None
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    #: where the profile came from when a registry supplied it (model_uri, run_id,
+    #: reference_uri); not part of the stored bytes
+    origin: dict[str, str] | None = field(default=None, compare=False)
 
     @classmethod
     def build(

@@ -203,6 +203,14 @@ class Handler:
                     continue
                 events.append(event)
                 sources.append((partition, offset))
+        if events:
+            # references come from files or a registry (HTTP): look up the versions not
+            # seen yet off the event loop, and take the time again after that
+            versions = {(e.model, e.model_version) for e in events}
+            unresolved = [v for v in versions if not self.engine.has_profile(*v)]
+            if unresolved:
+                await asyncio.to_thread(self._resolve, unresolved)
+                now_ms = int(time.time() * 1000)
         outcome = self.engine.process(events, now_ms)
         outcome.held = held
         rejected = {position for position, _ in outcome.rejected}
@@ -236,6 +244,10 @@ class Handler:
             self._save(model)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return outcome
+
+    def _resolve(self, versions: list[tuple[str, str]]) -> None:
+        for model, version in versions:
+            self.engine.profile(model, version)
 
     async def _seek_back(self, partition: int, offset: int) -> None:
         expected = self.sequencer.next_offset(partition)

@@ -40,7 +40,7 @@ def test_durations(value: object, ms: int) -> None:
     ("text", "message"),
     [
         ("models: []", "models: List should have at least 1 item"),
-        ("models: [{name: m}]", "model 'm' needs `reference` or `versions`"),
+        ("models: [{name: m}]", "model 'm' needs `reference`, `versions` or `mlflow`"),
         (
             "window: {size: soon}\nmodels: [{name: m, reference: r}]",
             "window.size: 'soon' is not a duration",
