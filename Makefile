@@ -17,7 +17,7 @@ WHEEL_DIR := target/wheels
 export OPENBLAS_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help system setup develop demo test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-rust clean
+.PHONY: help system setup develop demo demo-core test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-integrations bench-rust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,10 @@ setup: system $(STAMP) develop  ## create .venv with pinned tools and build the 
 develop: $(STAMP)  ## (re)build the Rust extension into .venv (editable, release mode)
 	$(VENV)/bin/maturin develop --release -q
 
-demo: setup  ## the main job: build references, feed drifting windows, print the figures
+demo: setup  ## the main job: Kafka, MLflow, worker, dispatcher, receiver, serving app, traffic with drift, a verified retrain event
+	$(PY) -m stream.cli demo $(DEMO_ARGS)
+
+demo-core: setup  ## drift_core alone: references, drifting windows, figures (no Kafka)
 	$(PY) -m drift_core.demo
 
 test: system $(STAMP) lint test-rust wheel-check test-python prom-check  ## set up and run every check CI runs
@@ -93,6 +96,9 @@ bench-replay: develop  ## replay of 10M events x 20 features from Parquet vs Num
 
 bench-hooks: develop  ## serving hook: added latency per record() and publisher throughput (real broker)
 	$(PY) tests/benchmarks/bench_hooks.py
+
+bench-integrations: develop  ## serving integrations: added latency per request (FastAPI) and per predicted row (MLflow)
+	$(PY) tests/benchmarks/bench_integrations.py
 
 bench-rust:  ## Rust-level breakdown of the hot paths
 	cargo run -q --release --no-default-features --example speed

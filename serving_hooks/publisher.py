@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +67,18 @@ class HookMetrics:
         self.depth = Gauge("driftline_hook_queue_depth", "Events waiting to be sent", registry=r)
 
 
-_encoder = msgspec.json.Encoder()
+def _to_builtin(obj: Any) -> Any:
+    """msgspec's fallback for values it cannot encode, NumPy scalars above all: their Python
+    value (booleans as 0/1: the contract has no booleans), anything else its text. Without
+    it one ``np.float64`` in a feature made the sender retry the same batch forever."""
+    item = getattr(obj, "item", None)
+    if item is not None:
+        value = item()
+        return int(value) if isinstance(value, bool) else value
+    return str(obj)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_to_builtin)
 
 
 def make_event(
@@ -111,6 +124,36 @@ class _Core:
             return
         self.queue.append(event)
         self.accepted += 1
+
+    def put_many(self, events: list[dict[str, Any]]) -> int:
+        room = self.config.max_queue - len(self.queue)
+        if room < len(events):
+            self.overflow += len(events) - max(room, 0)
+            events = events[: max(room, 0)]
+        self.queue.extend(events)
+        self.accepted += len(events)
+        return len(events)
+
+    def encode(self, events: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
+        """One envelope of ``events``, and the events it holds: an event that cannot be
+        encoded at all is dropped and counted here, never sent nor retried."""
+        try:
+            return _encoder.encode({"schema": BATCH_SCHEMA, "events": events}), events
+        except Exception:
+            parts: list[bytes] = []
+            good: list[dict[str, Any]] = []
+            for event in events:
+                try:
+                    parts.append(_encoder.encode(event))
+                    good.append(event)
+                except Exception:
+                    pass
+            self.metrics.dropped.labels("bad_input").inc(len(events) - len(good))
+            log.warning(
+                "driftline hook dropped %d events it cannot encode", len(events) - len(good)
+            )
+            head = b'{"schema":"' + BATCH_SCHEMA.encode() + b'","events":['
+            return head + b",".join(parts) + b"]}", good
 
     def fold_counts(self) -> None:
         accepted, overflow = self.accepted, self.overflow
@@ -169,15 +212,20 @@ class _Core:
             by_model: dict[str, list[dict[str, Any]]] = {}
             for event in taken:
                 by_model.setdefault(event["model"], []).append(event)
+            envelopes: list[tuple[bytes, bytes]] = []
+            kept: list[dict[str, Any]] = []
+            for model, events in by_model.items():
+                for i in range(0, len(events), config.batch_size):
+                    body, good = self.encode(events[i : i + config.batch_size])
+                    if good:
+                        envelopes.append((model.encode(), body))
+                        kept.extend(good)
+            taken = kept
             try:
-                futures = []
-                for model, events in by_model.items():
-                    for i in range(0, len(events), config.batch_size):
-                        chunk = events[i : i + config.batch_size]
-                        body = _encoder.encode({"schema": BATCH_SCHEMA, "events": chunk})
-                        futures.append(
-                            await producer.send(config.topic, value=body, key=model.encode())
-                        )
+                futures = [
+                    await producer.send(config.topic, value=body, key=key)
+                    for key, body in envelopes
+                ]
                 await asyncio.gather(*futures)
                 self.metrics.sent.inc(len(taken))
             except Exception as exc:
@@ -215,6 +263,62 @@ class _Publisher:
             self._core.put(make_event(model, model_version, features, **fields))
         except Exception:
             self.metrics.dropped.labels("bad_input").inc()
+
+    def record_many(
+        self,
+        model: str,
+        model_version: str,
+        columns: Mapping[str, Sequence[Any]],
+        predictions: Sequence[Any] | None = None,
+        *,
+        latency_ms: float | None = None,
+        status: str = "ok",
+        event_ids: Sequence[str] | None = None,
+        ts_ms: int | Sequence[int] | None = None,
+    ) -> int:
+        """Queues one event per row of ``columns`` (feature name -> equal-length values),
+        with ``predictions[i]`` for row i, one latency and status for all: about a third of
+        what ``record`` costs per row (one clock read and one random draw for the ids of
+        the whole batch). Returns how many events were queued; never raises."""
+        n = 0
+        try:
+            names = list(columns)
+            values = [columns[name] for name in names]
+            n = len(predictions) if predictions is not None else len(values[0]) if values else 0
+            if any(len(v) != n for v in values) or (event_ids is not None and len(event_ids) != n):
+                raise ValueError("columns, predictions and event_ids differ in length")
+            if event_ids is None:
+                hexes = os.urandom(16 * n).hex()
+                event_ids = [hexes[i : i + 32] for i in range(0, 32 * n, 32)]
+            if ts_ms is None or isinstance(ts_ms, int):
+                stamps: Any = itertools.repeat(ts_ms or int(time.time() * 1000), n)
+            elif len(ts_ms) != n:
+                raise ValueError("ts_ms differs in length from the rows")
+            else:
+                stamps = ts_ms
+            rows: Any = zip(*values, strict=False) if values else itertools.repeat((), n)
+            preds: Any = predictions if predictions is not None else itertools.repeat(None, n)
+            version = str(model_version)
+            events = [
+                {
+                    "schema": EVENT_SCHEMA,
+                    "event_id": event_id,
+                    "model": model,
+                    "model_version": version,
+                    "ts": ts,
+                    "features": dict(zip(names, row, strict=False)),
+                    "prediction": prediction,
+                    "latency_ms": latency_ms,
+                    "status": status,
+                }
+                for event_id, ts, row, prediction in zip(
+                    event_ids, stamps, rows, preds, strict=False
+                )
+            ]
+            return self._core.put_many(events)
+        except Exception:
+            self.metrics.dropped.labels("bad_input").inc(max(n, 1))
+            return 0
 
     @property
     def queued(self) -> int:

@@ -391,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--batch", type=int, default=1, help="events per batch envelope")
     rep.set_defaults(func=_replay)
 
+    from stream import demo
+
+    demo_p = sub.add_parser(
+        "demo", help="the whole pipeline here: serving, drift, alert, verified retrain event"
+    )
+    demo.add_arguments(demo_p).set_defaults(func=demo.run)
     cmp_ = sub.add_parser("compare", help="one-shot drift check of a file against a reference")
     cmp_.add_argument("reference")
     cmp_.add_argument("current")

@@ -14,15 +14,15 @@ from stream.localkafka import LocalKafka
 from .conftest import REPO, Setup, consume_all, free_port, wait_for
 
 
-def record_many(pub: SyncPublisher | AsyncPublisher, n: int, model: str = "fraud") -> float:
-    """Records n events; returns the slowest record() call in seconds."""
-    slowest = 0.0
+def record_many(pub: SyncPublisher | AsyncPublisher, n: int, model: str = "fraud") -> list[float]:
+    """Records n events; returns the record() call times in seconds, sorted."""
+    took = []
     for i in range(n):
         started = time.perf_counter()
         pub.record(model, "3", {"amount": float(i), "country": "DE"}, prediction=0.5,
                    latency_ms=3.0, event_id=f"{model}-{i}")  # fmt: skip
-        slowest = max(slowest, time.perf_counter() - started)
-    return slowest
+        took.append(time.perf_counter() - started)
+    return sorted(took)
 
 
 def test_sync_publisher_delivers_valid_events_and_close_flushes(setup: Setup) -> None:
@@ -71,8 +71,11 @@ def test_broker_down_then_up_then_killed_then_up(tmp_path: Path) -> None:
     )
     try:
         # never started: record() returns at once, the queue holds 1000, the rest is dropped
-        slowest = record_many(pub, 5_000, "before")
-        assert slowest < 0.005
+        took = record_many(pub, 5_000, "before")
+        # no call waits on the broker (a connect attempt takes seconds); the slowest can
+        # still lose the GIL to the sender thread for a switch interval (5 ms) or two
+        assert took[int(len(took) * 0.99)] < 0.001
+        assert took[-1] < 0.05
         assert pub.queued == 1_000
         wait_for(
             lambda: pub.metrics.dropped.labels("queue_full")._value.get() == 4_000,
