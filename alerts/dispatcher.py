@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter
 
 from alerts.signing import signed_headers
+from stream.kafka_security import KafkaSecurity
 
 log = logging.getLogger("driftline.dispatcher")
 
@@ -38,11 +39,12 @@ class DispatcherSettings:
     base_delay_s: float = 0.5
     max_delay_s: float = 60.0
     timeout_s: float = 10.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __repr__(self) -> str:  # never print the secret
         return (
             f"DispatcherSettings(bootstrap={self.bootstrap!r}, urls={self.urls!r}, "
-            f"topic={self.topic!r})"
+            f"topic={self.topic!r}, security={self.security!r})"
         )
 
 
@@ -93,6 +95,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         s = self.settings
+        client = s.security.aiokafka_kwargs()
         consumer = AIOKafkaConsumer(
             s.topic,
             bootstrap_servers=s.bootstrap,
@@ -100,8 +103,9 @@ class Dispatcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=100,
+            **client,
         )
-        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all", **client)
         await consumer.start()
         await producer.start()
         timeout = aiohttp.ClientTimeout(total=s.timeout_s)

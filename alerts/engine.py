@@ -69,8 +69,8 @@ def observations(rule: Rule, report: dict[str, Any]) -> list[Observation]:
         value, samples = latency.get("p99"), int(latency.get("count") or 0)
     elif rule.metric == "error_rate":
         value = metrics.get("error_rate")
-    elif rule.metric == "accuracy_drop":
-        value = metrics.get("accuracy_drop")
+    elif rule.on_quality:
+        value = metrics.get(rule.metric)
         samples = int(metrics.get("labelled") or 0)
     elif rule.metric == "share_of_drifted_features":
         features = report.get("features") or {}
@@ -93,8 +93,8 @@ class RuleEngine:
         model, version = str(report["model"]), str(report["model_version"])
         start = int(report["window_start_ms"])
         for rule in self.rules.rules:
-            if not rule.applies_to(model):
-                continue
+            if rule.on_quality or not rule.applies_to(model):
+                continue  # quality reports have their own engine
             started: list[dict[str, Any]] = []
             for obs in observations(rule, report):
                 enabled, threshold, for_, min_samples = rule.settings(model, obs.feature or None)
@@ -162,6 +162,73 @@ class RuleEngine:
 
     def __len__(self) -> int:  # keys tracked
         return len(self._state)
+
+
+class QualityRuleEngine:
+    """Rules over quality reports (``accuracy_drop``, ``auc_drop``, ``mae_increase``).
+
+    A window's quality fills in as its labels arrive and is reported again each time, in
+    any window order; so each window is judged on its own: once it has ``min_samples``
+    labelled predictions, a breach makes it fire (one alert, one retrain event for a
+    ``retrain`` rule) and a later report of the same window without the breach resolves
+    it. Ids are derived from the window, so a report seen again changes nothing.
+    """
+
+    def __init__(self, rules: RuleSet, source: str = "driftline") -> None:
+        self.rules = [r for r in rules.rules if r.on_quality]
+        self.source = source
+        self._firing: dict[tuple[str, str, str, int], bool] = {}
+
+    def evaluate(self, report: dict[str, Any]) -> Evaluation:
+        out = Evaluation()
+        model, version = str(report["model"]), str(report["model_version"])
+        start = int(report["window_start_ms"])
+        for rule in self.rules:
+            if not rule.applies_to(model):
+                continue
+            for obs in observations(rule, report):
+                enabled, threshold, _, min_samples = rule.settings(model, None)
+                if not enabled or obs.samples < min_samples:
+                    continue
+                key = (rule.name, model, version, start)
+                was = self._firing.get(key, False)
+                now = rule.breached(obs.value, threshold)
+                self._firing[key] = now
+                if now == was:
+                    continue
+                record = alert_record(
+                    state="firing" if now else "resolved",
+                    rule=rule,
+                    report=report,
+                    feature=None,
+                    value=obs.value,
+                    threshold=threshold,
+                    episode_start_ms=start,
+                )
+                out.alerts.append(record)
+                if now and rule.action == "retrain":
+                    out.retrain.append(retrain_event(self.source, rule, report, [record]))
+        return out
+
+    def expire(self, model: str, before_start_ms: int) -> None:
+        self._firing = {
+            k: v for k, v in self._firing.items() if k[1] != model or k[3] >= before_start_ms
+        }
+
+    def snapshot(self, model: str) -> bytes:
+        return msgspec.msgpack.encode(
+            [[*k, v] for k, v in sorted(self._firing.items()) if k[1] == model]
+        )
+
+    def restore(self, data: bytes, model: str) -> None:
+        self.forget(model)
+        for rule, m, version, start, firing in msgspec.msgpack.decode(
+            data, type=list[tuple[str, str, str, int, bool]]
+        ):
+            self._firing[(rule, m, version, start)] = firing
+
+    def forget(self, model: str) -> None:
+        self._firing = {k: v for k, v in self._firing.items() if k[1] != model}
 
 
 def evaluate_all(rules: RuleSet, reports: list[dict[str, Any]]) -> Evaluation:

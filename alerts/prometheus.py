@@ -22,9 +22,12 @@ _SELECTORS = {
     "prediction_psi": 'driftline_prediction_drift{{figure="psi"{extra}}}',
     "latency_p99_ms": '(driftline_latency_seconds{{quantile="0.99"{extra}}} * 1000)',
     "error_rate": "driftline_error_rate{extra_braced}",
+    "accuracy_drop": 'driftline_quality{{figure="accuracy_drop"{extra}}}',
+    "auc_drop": 'driftline_quality{{figure="auc_drop"{extra}}}',
+    "mae_increase": 'driftline_quality{{figure="mae_increase"{extra}}}',
 }
 #: rule metrics with no exported series yet (left out of the export, with a note)
-NOT_EXPORTED = ("accuracy_drop",)
+NOT_EXPORTED: tuple[str, ...] = ()
 
 
 def _camel(name: str) -> str:
@@ -62,7 +65,10 @@ def _alert(
     expr = f"{_series(rule, extra)} {rule.op} {threshold}"
     for other in excluded:
         expr = f"({expr}) unless {_series(rule, other)}"
-    if min_samples > 0:
+    if min_samples > 0 and rule.on_quality:
+        labelled = 'driftline_quality{figure="labelled"}'
+        expr = f"({expr}) and on (model, model_version) {labelled} >= {min_samples}"
+    elif min_samples > 0:
         expr = f"({expr}) and on (model, model_version) driftline_window_rows >= {min_samples}"
     target = "{{ $labels.feature }} of " if rule.per_feature else ""
     return {

@@ -24,8 +24,13 @@ MODEL_METRICS = (
     "latency_p99_ms",
     "error_rate",
     "accuracy_drop",
+    "auc_drop",
+    "mae_increase",
     "share_of_drifted_features",
 )
+#: figures of quality reports (labels joined to predictions): each window is judged on
+#: its own as its labels arrive; ``min_samples`` counts labelled predictions
+QUALITY_METRICS = ("accuracy_drop", "auc_drop", "mae_increase")
 Metric = Literal[
     "psi",
     "ks",
@@ -37,6 +42,8 @@ Metric = Literal[
     "latency_p99_ms",
     "error_rate",
     "accuracy_drop",
+    "auc_drop",
+    "mae_increase",
     "share_of_drifted_features",
 ]
 Op = Literal[">", ">=", "<", "<="]
@@ -95,6 +102,10 @@ class Rule(_Strict):
     @property
     def per_feature(self) -> bool:
         return self.metric in FEATURE_METRICS
+
+    @property
+    def on_quality(self) -> bool:
+        return self.metric in QUALITY_METRICS
 
     def applies_to(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, p) for p in self.models)

@@ -59,12 +59,14 @@ def verify(
     stamp = lowered.get(TIMESTAMP.lower())
     if not given or not stamp:
         raise SignatureError("missing signature or timestamp header")
-    try:
-        ts = int(stamp)
-    except ValueError:
-        raise SignatureError("timestamp header is not an integer") from None
+    # plain ASCII digits only: int() would also take " +1_795_341_600 ", and a
+    # thousand-digit number overflows the float comparison below
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        raise SignatureError("timestamp header is not an integer of unix seconds")
+    ts = int(stamp)
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance_s:
         raise SignatureError(f"timestamp outside the {tolerance_s} s window (replay or clock skew)")
-    if not hmac.compare_digest(given, sign(secret, ts, body)):
+    # compare_digest refuses non-ASCII str with a TypeError: such a header is no signature
+    if not given.isascii() or not hmac.compare_digest(given, sign(secret, ts, body)):
         raise SignatureError("signature does not match the body")

@@ -23,21 +23,25 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from stream.kafka_security import KafkaSecurity, KafkaSecurityError
+
 log = logging.getLogger("driftline.hooks")
 EVENT_SCHEMA = "driftline.event/v1"
 BATCH_SCHEMA = "driftline.batch/v1"
+OUTCOME_SCHEMA = "driftline.outcome/v1"
 
 
 @dataclass(frozen=True)
 class PublisherConfig:
     bootstrap: str = "127.0.0.1:9092"
     topic: str = "driftline.events"
+    outcomes_topic: str = "driftline.outcomes"
     max_queue: int = 100_000
     batch_size: int = 500
     linger_ms: float = 50.0
@@ -45,6 +49,7 @@ class PublisherConfig:
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 10.0
     close_timeout_s: float = 10.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 class HookMetrics:
@@ -178,14 +183,15 @@ class _Core:
                         linger_ms=5,
                         request_timeout_ms=5000,
                         max_request_size=8 * 1024 * 1024,
+                        **config.security.aiokafka_kwargs(),
                     )
                     await producer.start()
                     backoff = config.retry_backoff_s
                 except Exception as exc:
                     self.metrics.errors.inc()
-                    log.warning(
-                        "driftline hook cannot reach Kafka (%s); retrying", type(exc).__name__
-                    )
+                    # a settings problem says what it is (never with the password)
+                    why = str(exc) if isinstance(exc, KafkaSecurityError) else type(exc).__name__
+                    log.warning("driftline hook cannot reach Kafka (%s); retrying", why)
                     with contextlib.suppress(Exception):
                         if producer is not None:
                             await producer.stop()
@@ -210,10 +216,18 @@ class _Core:
             ]
             self.metrics.depth.set(len(self.queue))
             by_model: dict[str, list[dict[str, Any]]] = {}
-            for event in taken:
-                by_model.setdefault(event["model"], []).append(event)
             envelopes: list[tuple[bytes, bytes]] = []
             kept: list[dict[str, Any]] = []
+            outcomes: list[tuple[bytes, bytes]] = []
+            for event in taken:
+                if event.get("schema") == OUTCOME_SCHEMA:  # one message each, model key
+                    try:
+                        outcomes.append((event["model"].encode(), _encoder.encode(event)))
+                        kept.append(event)
+                    except Exception:
+                        self.metrics.dropped.labels("bad_input").inc()
+                    continue
+                by_model.setdefault(event["model"], []).append(event)
             for model, events in by_model.items():
                 for i in range(0, len(events), config.batch_size):
                     body, good = self.encode(events[i : i + config.batch_size])
@@ -225,6 +239,10 @@ class _Core:
                 futures = [
                     await producer.send(config.topic, value=body, key=key)
                     for key, body in envelopes
+                ]
+                futures += [
+                    await producer.send(config.outcomes_topic, value=body, key=key)
+                    for key, body in outcomes
                 ]
                 await asyncio.gather(*futures)
                 self.metrics.sent.inc(len(taken))
@@ -320,6 +338,25 @@ class _Publisher:
             self.metrics.dropped.labels("bad_input").inc(max(n, 1))
             return 0
 
+    def record_outcome(
+        self, model: str, event_id: str, label: float | bool | str, ts_ms: int | None = None
+    ) -> None:
+        """Queues the ground truth of an earlier prediction (``driftline.outcome/v1`` on
+        the outcomes topic, keyed by model like the events); never raises."""
+        try:
+            if not isinstance(label, str):  # numbers and booleans go as numbers
+                label = float(label)
+            outcome: dict[str, Any] = {
+                "schema": OUTCOME_SCHEMA,
+                "event_id": str(event_id),
+                "model": str(model),
+                "label": label,
+                "ts": int(time.time() * 1000) if ts_ms is None else int(ts_ms),
+            }
+            self._core.put(outcome)
+        except Exception:
+            self.metrics.dropped.labels("bad_input").inc()
+
     @property
     def queued(self) -> int:
         return len(self._core.queue)
@@ -343,6 +380,10 @@ class SyncPublisher(_Publisher):
         except Exception:  # the hook must never take the app down
             log.exception("driftline hook sender stopped")
         finally:
+            if self.config.security.tls:
+                # a closed TLS connection releases its socket after a close_notify round
+                # trip, which needs the loop still running
+                self._loop.run_until_complete(asyncio.sleep(0.1))
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 

@@ -75,6 +75,7 @@ def _secret(env_name: str) -> bytes:
 
 def _dispatcher(args: argparse.Namespace) -> int:
     from alerts.dispatcher import DispatcherMetrics, DispatcherSettings, dispatch_forever
+    from stream.kafka_security import from_arguments as security_from_arguments
 
     settings = DispatcherSettings(
         bootstrap=args.bootstrap,
@@ -86,6 +87,7 @@ def _dispatcher(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         base_delay_s=args.base_delay,
         max_delay_s=args.max_delay,
+        security=security_from_arguments(args),
     )
     logging.getLogger("driftline").info("dispatching %s", settings)
     metrics = DispatcherMetrics()
@@ -177,6 +179,7 @@ def _replay(args: argparse.Namespace) -> int:
     from stream.windows import WindowSpec
 
     if args.to_kafka:
+        from stream.kafka_security import from_arguments as security_from_arguments
         from stream.replay import parse_speed, publish
 
         sent = asyncio.run(
@@ -188,6 +191,7 @@ def _replay(args: argparse.Namespace) -> int:
                 args.batch,
                 _when(args.from_, parse_ts),
                 _when(args.to, parse_ts),
+                security=security_from_arguments(args),
             )
         )
         print(f"published {sent:,} events to {args.to_kafka} on {args.bootstrap}")
@@ -297,6 +301,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stream import kafka_security
+
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -329,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     disp.add_argument("--max-delay", type=float, default=60.0, help="seconds")
     disp.add_argument("--metrics-host", default="127.0.0.1")
     disp.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics (0 = off)")
+    kafka_security.add_arguments(disp)
     disp.set_defaults(func=_dispatcher)
 
     recv = sub.add_parser("receiver", help="reference webhook receiver for retrain events")
@@ -389,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--bootstrap", default="127.0.0.1:9092")
     rep.add_argument("--speed", default="max", help="60x (event time vs wall time) or max")
     rep.add_argument("--batch", type=int, default=1, help="events per batch envelope")
+    kafka_security.add_arguments(rep)  # for --to-kafka
     rep.set_defaults(func=_replay)
 
     from stream import demo

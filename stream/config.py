@@ -30,6 +30,7 @@ from alerts.rules import RuleSet, default_rules, load_rules
 from stream.configfile import describe, parse_duration, read_mapping
 from stream.errors import StreamError
 from stream.events import Limits
+from stream.kafka_security import KafkaSecurity
 from stream.profiles import ModelProfile, ProfileError
 from stream.windows import WindowSpec
 
@@ -72,9 +73,39 @@ class KafkaConfig(_Strict):
     dlq_topic: str = "driftline.dlq"
     alerts_topic: str = "driftline.alerts"
     retrain_topic: str = "driftline.retrain"
+    outcomes_topic: str = "driftline.outcomes"
+    quality_topic: str = "driftline.quality"
     partitions: int = Field(default=4, ge=1)
     batch_size: int = Field(default=5_000, ge=1, description="events taken per batch")
     batch_within: float = Field(default=0.5, gt=0, description="seconds to wait for a batch")
+    security: KafkaSecurity = Field(
+        default_factory=KafkaSecurity, description="SASL and TLS of every Kafka client"
+    )
+
+
+class OutcomesConfig(_Strict):
+    """Joining late labels (``driftline.outcome/v1``) to the predictions they are about."""
+
+    enabled: bool = True
+    ttl: int = Field(
+        default=7 * 86_400_000,
+        gt=0,
+        description="how long (event time) a prediction waits for its label",
+    )
+    threshold: float = Field(default=0.5, description="score threshold of binary models")
+    wait: int = Field(
+        default=300_000,
+        ge=0,
+        description="how long (wall clock) an outcome waits for a prediction not seen yet",
+    )
+    store: Literal["rocksdb", "memory"] = Field(
+        default="rocksdb", description="pending predictions: on disk in the data dir, or RAM"
+    )
+
+    @field_validator("ttl", "wait", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        return parse_duration(v) if isinstance(v, str) else v
 
 
 class MetricsConfig(_Strict):
@@ -123,6 +154,11 @@ class ModelConfig(_Strict):
     features: dict[str, Literal["numeric", "categorical"]] | None = Field(
         default=None, description="features to monitor and their kinds (default: the profile's)"
     )
+    task: Literal["binary", "regression", "multiclass"] | None = Field(
+        default=None,
+        description="how outcomes are scored (default: the reference quality's, else the "
+        "label: 0/1 binary, other numbers regression, text multi-class)",
+    )
 
     @model_validator(mode="after")
     def _has_reference(self) -> ModelConfig:
@@ -151,6 +187,7 @@ class MonitorConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    outcomes: OutcomesConfig = OutcomesConfig()
     rules: Path | None = Field(default=None, description="alert rules (default: shipped)")
     source: str = Field(default="driftline", description="CloudEvents `source` of retrain events")
     models: list[ModelConfig] = Field(min_length=1)

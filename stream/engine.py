@@ -526,6 +526,11 @@ class WindowEngine:
     def open_windows(self, model: str) -> list[tuple[str, int]]:
         return sorted(self._models[model].windows) if model in self._models else []
 
+    def newest_ts(self, model: str) -> int | None:
+        """The latest event time seen for the model."""
+        state = self._models.get(model)
+        return None if state is None else state.max_ts
+
     def watermark(self, model: str) -> int | None:
         state = self._models.get(model)
         if state is None or state.max_ts is None:

@@ -131,9 +131,16 @@ def _codecs_for(limits: Limits) -> _Codecs:
     return codecs
 
 
-def _reason(exc: msgspec.MsgspecError) -> str:
-    """A stable reason code for a msgspec error."""
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+# Besides its own errors, msgspec raises UnicodeDecodeError for invalid UTF-8 inside a
+# string and RecursionError for nesting deeper than the interpreter's recursion limit.
+_DECODE_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+
+
+def _reason(exc: Exception) -> str:
+    """A stable reason code for a decoding error (one of ``_DECODE_ERRORS``)."""
+    if not isinstance(exc, msgspec.ValidationError) and isinstance(
+        exc, msgspec.DecodeError | UnicodeDecodeError | RecursionError
+    ):
         return "invalid_json"
     text = str(exc)
     if "$.schema" in text or "Object missing required field `schema`" in text:
@@ -146,7 +153,8 @@ def _reason(exc: msgspec.MsgspecError) -> str:
         return "string_too_long"
     if "of length >=" in text:
         return "bad_field"
-    if "Expected `float` >=" in text or "Expected `float` <=" in text:
+    # a literal beyond the float range (1e999) is msgspec's "Number out of range"
+    if "Expected `float` >=" in text or "Expected `float` <=" in text or "out of range" in text:
         return "not_finite" if "latency_ms" not in text else "bad_field"
     return "schema_violation"
 
@@ -205,7 +213,7 @@ def decode(raw: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> 
     codecs = _codecs_for(limits)
     try:
         typed = codecs.typed.decode(raw)
-    except msgspec.MsgspecError:
+    except _DECODE_ERRORS:
         pass  # find out below what is wrong, and keep the good events of a batch
     else:
         if isinstance(typed, codecs.event_type):
@@ -221,7 +229,7 @@ def decode(raw: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> 
         return out
     try:
         message = codecs.message.decode(raw)
-    except msgspec.MsgspecError as exc:
+    except _DECODE_ERRORS as exc:
         out.invalid.append(Invalid(_reason(exc), str(exc), raw))
         return out
     if isinstance(message, codecs.event_type):
@@ -231,7 +239,7 @@ def decode(raw: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> 
         item_raw = bytes(item)
         try:
             wire = codecs.event.decode(item_raw)
-        except msgspec.MsgspecError as exc:
+        except _DECODE_ERRORS as exc:
             out.invalid.append(Invalid(_reason(exc), str(exc), item_raw))
             continue
         _add(out, wire, item_raw, limits, now_ms)

@@ -8,6 +8,10 @@ Layout under ``home`` (default ``.kafka``, or ``$DRIFTLINE_KAFKA_HOME``)::
 
     libs/                 jars shared by every instance
     <name>/server.properties, log4j.properties, broker.out, broker.pid, data/
+
+With ``sasl_ssl`` set, the client listener is SASL_SSL (TLS with the given certificate,
+SCRAM-SHA-512 users created when the storage is formatted) and there is no plaintext
+client listener; the KRaft controller listener stays plaintext on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,6 +40,8 @@ KAFKA_VERSION = "3.9.1"
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 _READY_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 30.0
+_SCRAM_ITERATIONS = 8192
+_SCRAM_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class BrokerError(StreamError):
@@ -40,6 +50,26 @@ class BrokerError(StreamError):
 
 def default_home() -> Path:
     return Path(os.environ.get("DRIFTLINE_KAFKA_HOME", ".kafka")).resolve()
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL client listener in place of the plaintext one.
+
+    ``certfile`` is the broker's certificate chain and ``keyfile`` its unencrypted private
+    key (PEM), for the name 127.0.0.1; ``cafile`` is the CA that signed it, which the
+    broker trusts for its own connections. ``users`` (name -> password) become SCRAM-SHA-512
+    credentials when the storage is formatted (first start only: wipe to change them);
+    they are passed salted, never as the password, and never shown by ``repr``.
+    """
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+    users: Mapping[str, str] = field(repr=False)
+
+    MECHANISM = "SCRAM-SHA-512"
+    BROKER_USER = "driftline-broker"
 
 
 @dataclass
@@ -52,6 +82,7 @@ class LocalKafka:
     controller_port: int = 9093
     partitions: int = 4
     heap: str = "1g"
+    sasl_ssl: SaslSsl | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -135,11 +166,82 @@ class LocalKafka:
             "auto.create.topics.enable": "true",
             "message.max.bytes": str(8 * 1024 * 1024),
         }
+        if self.sasl_ssl is not None:
+            props.update(self._sasl_ssl_props(self.sasl_ssl))
         path = self.instance_dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        _write_private(path, "".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = resources.files("stream.broker") / "log4j.properties"
         (self.instance_dir / "log4j.properties").write_text(log4j.read_text())
         return path
+
+    def _sasl_ssl_props(self, tls: SaslSsl) -> dict[str, str]:
+        # Kafka's PEM key store: the private key, then the certificate chain, in one file
+        keystore = self.instance_dir / "broker-keystore.pem"
+        _write_private(keystore, tls.keyfile.read_text() + tls.certfile.read_text())
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{SaslSsl.BROKER_USER}" password="{self._broker_password()}";'
+        )
+        return {
+            "listeners": (
+                f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": SaslSsl.MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SaslSsl.MECHANISM,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls.cafile.resolve()),
+            "ssl.client.auth": "none",
+            "ssl.endpoint.identification.algorithm": "https",
+        }
+
+    def _broker_password(self) -> str:
+        """The broker's own SCRAM password (its inter-broker connections and the readiness
+        check): made at the first start and kept, readable by its owner only."""
+        path = self.instance_dir / "broker.secret"
+        if not path.exists():
+            _write_private(path, secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+    def _scram_args(self) -> list[str]:
+        if self.sasl_ssl is None:
+            return []
+        users = {**self.sasl_ssl.users, SaslSsl.BROKER_USER: self._broker_password()}
+        args = []
+        for name, password in users.items():
+            if not _SCRAM_NAME.fullmatch(name) or not password:
+                raise BrokerError(
+                    f"SCRAM user {name!r}: names are letters, digits, '.', '_' and '-', "
+                    "and the password must not be empty"
+                )
+            # salted here, so the password itself is not on the storage tool's command line
+            salt = secrets.token_bytes(32)
+            salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _SCRAM_ITERATIONS)
+            args.append(
+                f"--add-scram={SaslSsl.MECHANISM}=[name={name},iterations={_SCRAM_ITERATIONS},"
+                f'salt="{base64.b64encode(salt).decode()}",'
+                f'saltedpassword="{base64.b64encode(salted).decode()}"]'
+            )
+        return args
+
+    def _client_kwargs(self) -> dict[str, object]:
+        """aiokafka settings to reach this broker: plaintext, or SASL_SSL as the broker."""
+        if self.sasl_ssl is None:
+            return {}
+        import ssl
+
+        return {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": ssl.create_default_context(cafile=str(self.sasl_ssl.cafile)),
+            "sasl_mechanism": SaslSsl.MECHANISM,
+            "sasl_plain_username": SaslSsl.BROKER_USER,
+            "sasl_plain_password": self._broker_password(),
+        }
 
     def _java(self, *args: str, jvm: tuple[str, ...] = ("-Xmx256m",)) -> list[str]:
         return [
@@ -166,6 +268,7 @@ class LocalKafka:
                 "-c",
                 str(config),
                 "--ignore-formatted",
+                *self._scram_args(),
             ),
             capture_output=True,
             text=True,
@@ -243,7 +346,28 @@ class LocalKafka:
 
     def is_ready(self) -> bool:
         """Whether the broker answers a metadata request (not just a TCP connect)."""
-        return asyncio.run(_metadata_answers(self.bootstrap))
+        if self.sasl_ssl is not None and not self._tls_answers():
+            return False
+        return asyncio.run(_metadata_answers(self.bootstrap, self._client_kwargs()))
+
+    def _tls_answers(self) -> bool:
+        """Whether the listener completes a TLS handshake. A starting broker accepts
+        connections before it handles them, and a client that gives up on a TLS handshake
+        mid-way (aiokafka's timeout) leaves its socket open: so this one, on a socket of
+        our own, comes first."""
+        import socket
+        import ssl
+
+        assert self.sasl_ssl is not None
+        context = ssl.create_default_context(cafile=str(self.sasl_ssl.cafile))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=3) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
+                return True
+        except OSError:  # refused, timed out, or TLS failed
+            return False
 
     def status(self) -> dict[str, object]:
         pid = self.pid()
@@ -252,6 +376,7 @@ class LocalKafka:
             "ready": pid is not None and self.is_ready(),
             "pid": pid,
             "bootstrap": self.bootstrap,
+            "security": "SASL_SSL" if self.sasl_ssl is not None else "PLAINTEXT",
             "home": str(self.instance_dir),
             "kafka_version": KAFKA_VERSION,
         }
@@ -269,6 +394,15 @@ class LocalKafka:
             return "(no log)"
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` readable by its owner only (it may hold secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
 def _alive(pid: int) -> bool:
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
@@ -283,7 +417,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def _metadata_answers(bootstrap: str) -> bool:
+async def _metadata_answers(bootstrap: str, client_kwargs: Mapping[str, object]) -> bool:
     from aiokafka import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
@@ -291,7 +425,7 @@ async def _metadata_answers(bootstrap: str) -> bool:
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **client_kwargs)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=4)
         return bool(client.cluster.brokers())
@@ -300,4 +434,9 @@ async def _metadata_answers(bootstrap: str) -> bool:
     finally:
         with contextlib.suppress(Exception):
             await client.close()
+        if "ssl_context" in client_kwargs:
+            # aiokafka closes its bootstrap connection without waiting; a TLS one is only
+            # released after a close_notify round trip, which must happen before the loop
+            # ends, or its socket is left open
+            await asyncio.sleep(0.1)
         quiet.setLevel(level)

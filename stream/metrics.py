@@ -46,6 +46,21 @@ class WorkerMetrics:
             "Messages that arrived after a hole in their partition's offsets (re-read)",
             registry=r,
         )
+        self.outcomes = Counter(
+            "driftline_outcomes",
+            "Outcome messages by result: joined, duplicate, expired, unknown_event, "
+            "label_mismatch, redelivered, unknown_model or a decoding reason",
+            ["model", "result"],
+            registry=r,
+        )
+        self.quality = Gauge(
+            "driftline_quality",
+            "Quality of the latest window reported (labelled predictions so far): accuracy, "
+            "precision, recall, f1, auc, mae, rmse, their drops against the reference, "
+            "labelled and labelled_share",
+            ["model", "model_version", "figure"],
+            registry=r,
+        )
         self.alerts = Counter(
             "driftline_alerts", "Alert transitions", ["rule", "state"], registry=r
         )
@@ -100,6 +115,17 @@ class WorkerMetrics:
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_quality(self, report: dict[str, Any]) -> None:
+        model, version = report["model"], report["model_version"]
+        figures = {
+            **report["quality"],
+            **report["model_metrics"],
+            "labelled_share": report.get("labelled_share"),
+        }
+        for figure, value in figures.items():
+            if value is not None:
+                self.quality.labels(model, version, figure).set(value)
 
     def observe_report(self, report: dict[str, Any]) -> None:
         model, version = report["model"], report["model_version"]

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -70,6 +70,9 @@ class ModelProfile:
     #: where the profile came from when a registry supplied it (model_uri, run_id,
     #: reference_uri); not part of the stored bytes
     origin: dict[str, str] | None = field(default=None, compare=False)
+    #: the model's quality on the reference (validation) data when it had labels:
+    #: task, threshold, labelled and the figures (accuracy, auc, mae, …)
+    quality: dict[str, Any] | None = None
 
     @classmethod
     def build(
@@ -124,6 +127,7 @@ class ModelProfile:
                 "model_version": self.model_version,
                 "created_ms": self.created_ms,
                 "entries": meta,
+                **({"quality": self.quality} if self.quality else {}),
             },
             separators=(",", ":"),
         ).encode()
@@ -166,8 +170,17 @@ class ModelProfile:
                 features,
                 prediction,
                 int(header["created_ms"]),
+                quality=_quality(header.get("quality")),
             )
-        except (KeyError, TypeError, ValueError, dc.DecodeError) as exc:
+        # deep nesting in the header: RecursionError; created_ms Infinity: OverflowError
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            OverflowError,
+            RecursionError,
+            dc.DecodeError,
+        ) as exc:
             raise ProfileError(f"{source}: malformed profile: {exc}") from exc
 
     def save(self, path: str | Path) -> Path:
@@ -185,3 +198,14 @@ class ModelProfile:
         except OSError as exc:
             raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from exc
         return cls.from_bytes(data, str(path))
+
+
+def _quality(raw: object) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("task") not in ("binary", "regression", "multiclass"):
+        raise ValueError("the reference quality is not a mapping with a known task")
+    figures = {k: v for k, v in raw.items() if k not in ("task",)}
+    if not all(v is None or isinstance(v, int | float) for v in figures.values()):
+        raise ValueError("the reference quality figures are not numbers")
+    return dict(raw)

@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from alerts.engine import RuleEngine
+from alerts.engine import QualityRuleEngine, RuleEngine
 from alerts.rules import RuleSet
 from stream.engine import WindowEngine
 from stream.errors import StreamError
 from stream.events import Event
+from stream.kafka_security import KafkaSecurity
+from stream.outcomes import QualityBook, infer_task
 from stream.profiles import Kind, ModelProfile
 from stream.windows import WindowSpec
 
@@ -101,7 +103,19 @@ def build_reference(
         column = frame[name]
         columns[name] = column.to_numpy() if column.dtype.is_numeric() else column.to_list()
     prediction = frame["prediction"].to_list() if "prediction" in frame.columns else None
-    return ModelProfile.build(model, version, columns, prediction=prediction, kinds=kinds)
+    profile = ModelProfile.build(model, version, columns, prediction=prediction, kinds=kinds)
+    if "label" in frame.columns and "prediction" in frame.columns:
+        # validation data with labels: the reference quality that accuracy_drop and the
+        # like compare with
+        from stream.outcomes import reference_quality
+
+        try:
+            profile.quality = reference_quality(
+                frame["prediction"].to_numpy(), frame["label"].to_numpy()
+            )
+        except ValueError as exc:
+            raise ReplayError(f"label column: {exc}") from None
+    return profile
 
 
 def frames(
@@ -189,6 +203,8 @@ class ReplayResult:
     events: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0
+    #: driftline.quality/v1 reports of windows whose rows had labels
+    quality: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -197,6 +213,7 @@ class ReplayResult:
             "late_events": self.late,
             "rejected": self.rejected,
             "windows": self.windows,
+            "quality": self.quality,
             "alerts": self.alerts,
             "retrain_events": self.retrain_events,
         }
@@ -229,10 +246,15 @@ def replay(
     rules: RuleSet,
     progress: bool = False,
     source: str = "input",
+    tasks: dict[str, str] | None = None,
+    threshold: float = 0.5,
 ) -> ReplayResult:
-    """Runs the window engine (its columnar path) and the rule engine over frames."""
+    """Runs the window engine (its columnar path) and the rule engine over frames; a
+    ``label`` column gives each window's quality, as if every label had arrived."""
+    tasks = tasks or {}
     engine = WindowEngine(spec, resolve)
     ruler = RuleEngine(rules)
+    book = QualityBook(spec, ttl_ms=2**62, threshold=threshold)
     out = ReplayResult()
     started = time.monotonic()
     unknown_models: dict[tuple[str, str], int] = {}
@@ -240,6 +262,7 @@ def replay(
     def take(reports: list[dict[str, Any]]) -> None:
         for report in reports:
             out.windows.append(report)
+            book.window_closed(report)
             evaluation = ruler.evaluate(report)
             out.alerts.extend(evaluation.alerts)
             out.retrain_events.extend(evaluation.retrain)
@@ -299,6 +322,8 @@ def replay(
             )
             out.events += part.height
             out.late += outcome.late
+            if "label" in part.columns and prediction is not None:
+                _add_labels(book, model, version, part, prediction, tasks.get(model), profile)
             take(outcome.reports)
         if progress:
             rate = out.events / max(1e-9, time.monotonic() - started)
@@ -308,6 +333,7 @@ def replay(
                 file=sys.stderr,
             )
     take(engine.flush().reports)
+    _quality(book, engine, rules, out)
     out.rejected.extend(
         {"reason": "unknown_model", "model": m, "model_version": v, "rows": n}
         for (m, v), n in unknown_models.items()
@@ -315,6 +341,58 @@ def replay(
     if progress:
         print(file=sys.stderr)
     return out
+
+
+def _add_labels(
+    book: QualityBook,
+    model: str,
+    version: str,
+    part: pl.DataFrame,
+    prediction: Any,
+    task: str | None,
+    profile: ModelProfile,
+) -> None:
+    labels = part["label"]
+    keep = labels.is_not_null().to_numpy()
+    if labels.dtype.is_numeric():
+        keep &= np.isfinite(labels.cast(pl.Float64).fill_null(0.0).to_numpy())
+    if not keep.any():
+        return
+    y = labels.to_numpy()[keep] if labels.dtype.is_numeric() else np.asarray(labels.to_list())[keep]
+    p = np.asarray(prediction)[keep]
+    ts = part["ts"].to_numpy()[keep].astype(np.int64)
+    if task is None:
+        task = str(profile.quality["task"]) if profile.quality else infer_task(y[0].item())
+    spec = book.spec
+    step = spec.step_ms
+    last = ts - ts % step
+    for k in range(-(-spec.size_ms // step)):
+        starts = last - k * step
+        inside = starts + spec.size_ms > ts
+        for start in np.unique(starts[inside]).tolist():
+            rows = inside & (starts == start)
+            book.state(model, version, int(start), task).add_many(p[rows], y[rows])
+
+
+def _quality(book: QualityBook, engine: WindowEngine, rules: RuleSet, out: ReplayResult) -> None:
+    """Quality reports of the labelled windows, and the quality rules over them."""
+    judge = QualityRuleEngine(rules)
+    keys = sorted(
+        (start, model, version)
+        for model, states in book.states.items()
+        for (version, start), state in states.items()
+        if state.n
+    )
+    for start, model, version in keys:
+        profile = engine.profile(model, version)
+        report = book.report(model, version, start, profile.quality if profile else None)
+        if profile is not None:
+            report.update(profile.origin or {})
+            report["reference"] = profile.identity
+        out.quality.append(report)
+        evaluation = judge.evaluate(report)
+        out.alerts.extend(evaluation.alerts)
+        out.retrain_events.extend(evaluation.retrain)
 
 
 def summary(result: ReplayResult, psi_threshold: float = 0.2) -> str:
@@ -365,6 +443,7 @@ async def publish(
     batch: int = 1,
     from_ms: int | None = None,
     to_ms: int | None = None,
+    security: KafkaSecurity | None = None,
 ) -> int:
     """Publishes the events to Kafka in event-time order, keyed by model: one message per
     event (``batch`` = 1) or ``driftline.batch/v1`` envelopes of up to ``batch`` events of
@@ -376,7 +455,10 @@ async def publish(
     from stream.events import encode_batch, encode_event
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=10, max_request_size=8 * 1024 * 1024
+        bootstrap_servers=bootstrap,
+        linger_ms=10,
+        max_request_size=8 * 1024 * 1024,
+        **(security or KafkaSecurity()).aiokafka_kwargs(),
     )
     await producer.start()
     sent = 0

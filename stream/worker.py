@@ -14,7 +14,7 @@ import base64
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,20 +23,32 @@ import faust
 import msgspec
 from faust.types import TP
 
-from alerts.engine import RuleEngine
+from alerts.engine import QualityRuleEngine, RuleEngine
 from stream.config import MonitorConfig, ReferenceStore
 from stream.engine import Outcome, WindowEngine
 from stream.events import Event, Invalid, decode, dlq_record
 from stream.metrics import WorkerMetrics
+from stream.outcomes import (
+    Pending,
+    PendingPredictions,
+    QualityBook,
+    decode_outcome,
+    infer_task,
+)
 
 log = logging.getLogger("driftline.worker")
 
 
 class _Saved(msgspec.Struct):
-    """A model's saved state: the window engine's and the rule engine's."""
+    """A model's saved state: the window engine's, the rule engine's and the quality
+    book's (with the outcome offsets it includes)."""
 
     windows: bytes
     rules: bytes = b""
+    quality: bytes = b""
+    quality_rules: bytes = b""
+    outcome_offsets: dict[str, int] = {}
+    waiting_outcomes: list[tuple[float, int, int, bytes]] = []
 
 
 _saved_encoder = msgspec.msgpack.Encoder()
@@ -102,6 +114,33 @@ class Sequencer:
 
 
 @dataclass
+class _JoinBatch:
+    joined: list[tuple[str, str, Pending]] = field(default_factory=list)
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    touched: dict[tuple[str, str, int], None] = field(default_factory=dict)
+    models: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Outcomes:
+    """The outcome side of a worker: predictions waiting for labels, the quality of recent
+    windows and the rules over it."""
+
+    pending: PendingPredictions
+    book: QualityBook
+    rules: QualityRuleEngine
+    send_quality: Any  # async (key: bytes, value: bytes) -> None
+    seek: Any = None  # async (partition, offset) -> None on the outcomes topic
+    sequencer: Sequencer = field(default_factory=Sequencer)
+    #: model -> partition -> offset of the last outcome message in its quality state
+    offsets: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: outcomes that came before their prediction: (since, partition, offset, raw)
+    waiting: dict[str, list[tuple[float, int, int, bytes]]] = field(default_factory=dict)
+    wait_s: float = 60.0
+    max_waiting: int = 100_000
+
+
+@dataclass
 class Handler:
     """The agent's work, kept apart from Faust so it can be driven directly in tests."""
 
@@ -118,6 +157,7 @@ class Handler:
     flush: Any = None  # async () -> None: pushes buffered writes (state, reports) to Kafka
     seek: Any = None  # async (partition, offset) -> None: re-reads a partition from offset
     sequencer: Sequencer = field(default_factory=Sequencer)
+    outcomes: Outcomes | None = None
     partition_of: dict[str, int] = field(default_factory=dict)
     _loaded: set[str] = field(default_factory=set)
 
@@ -136,11 +176,30 @@ class Handler:
             self.engine.restore(model, state.windows)
             if self.rules is not None and state.rules:
                 self.rules.restore(state.rules, model)
+            if self.outcomes is not None:
+                if state.quality:
+                    self.outcomes.book.restore(model, state.quality)
+                if state.quality_rules:
+                    self.outcomes.rules.restore(state.quality_rules, model)
+                self.outcomes.offsets[model] = dict(state.outcome_offsets)
+                if state.waiting_outcomes:
+                    self.outcomes.waiting[model] = list(state.waiting_outcomes)
         self._loaded.add(model)
 
     def _save(self, model: str) -> None:
         rules = self.rules.snapshot(model) if self.rules is not None else b""
-        self.save_state(model, _saved_encoder.encode(_Saved(self.engine.snapshot(model), rules)))
+        saved = _Saved(self.engine.snapshot(model), rules)
+        side = self.outcomes
+        if side is not None:
+            newest = self.engine.newest_ts(model)
+            if newest is not None:  # windows past the labels' time to live go
+                side.book.expire(model, newest)
+                side.rules.expire(model, newest - side.book.ttl_ms - self.engine.spec.size_ms)
+            saved.quality = side.book.snapshot(model)
+            saved.quality_rules = side.rules.snapshot(model)
+            saved.outcome_offsets = side.offsets.get(model, {})
+            saved.waiting_outcomes = side.waiting.get(model, [])
+        self.save_state(model, _saved_encoder.encode(saved))
 
     async def revoke(self, partitions: set[int]) -> None:
         """Drops state of models whose partitions go to another worker, once the batch in
@@ -158,6 +217,11 @@ class Handler:
                 self.engine.forget(model)
                 if self.rules is not None:
                     self.rules.forget(model)
+                if self.outcomes is not None:
+                    self.outcomes.book.forget(model)
+                    self.outcomes.rules.forget(model)
+                    self.outcomes.offsets.pop(model, None)
+                    self.outcomes.waiting.pop(model, None)
                 self._loaded.discard(model)
                 del self.partition_of[model]
 
@@ -236,7 +300,17 @@ class Handler:
             self.metrics.lag.labels(model).set(max(0.0, (now_ms - ts) / 1000))
         for model, late in outcome.late_by_model.items():
             self.metrics.late.labels(model).inc(late)
+        if self.outcomes is not None:
+            # the predictions wait for their labels (late events too: their window is
+            # known, only their sketch update was refused)
+            self.outcomes.pending.put_many(
+                (e.model, e.event_id, Pending(e.model_version, e.ts, e.prediction))
+                for position, e in enumerate(events)
+                if position not in rejected and e.prediction is not None
+            )
         await self._publish(outcome)
+        if self.outcomes is not None and self.outcomes.waiting:
+            await self._retry_waiting([m for m in touched if m in self.outcomes.waiting])
         for model, offset in touched.items():
             partition = self.partition_of[model]
             offsets = self.engine.offsets(model)
@@ -275,6 +349,8 @@ class Handler:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         outcome = self.engine.advance(now_ms, self.config.window.idle_close)
         await self._publish(outcome)
+        if self.outcomes is not None and self.outcomes.waiting:
+            await self._retry_waiting(list(self.outcomes.waiting))
         for model in {r["model"] for r in outcome.reports}:
             self._save(model)
         return outcome
@@ -285,16 +361,12 @@ class Handler:
             await self.send_report(key, msgspec.json.encode(report))
             self.metrics.observe_report(report)
             if self.rules is not None:
-                evaluation = self.rules.evaluate(report)
-                for alert in evaluation.alerts:
-                    self.metrics.alerts.labels(alert["rule"], alert["state"]).inc()
-                    if self.send_alert is not None:
-                        await self.send_alert(key, msgspec.json.encode(alert))
-                for event in evaluation.retrain:
-                    self.metrics.retrain.labels(report["model"]).inc()
-                    if self.send_retrain is not None:
-                        await self.send_retrain(key, msgspec.json.encode(event))
-                    log.warning("retrain requested: %s (%s)", event["id"], event["data"]["rule"])
+                await self._send_evaluation(key, report["model"], self.rules.evaluate(report))
+            # labels that came before the window closed: its quality is reported now
+            if self.outcomes is not None and self.outcomes.book.window_closed(report) is not None:
+                await self._publish_quality(
+                    report["model"], report["model_version"], report["window_start_ms"]
+                )
             log.info(
                 "window closed: %s rows=%d drifted=%s",
                 report["report_id"],
@@ -302,6 +374,164 @@ class Handler:
                 ",".join(k for k, f in report["features"].items() if (f.get("psi") or 0) > 0.2)
                 or "-",
             )
+
+    async def _publish_quality(self, model: str, version: str, start: int) -> None:
+        side = self.outcomes
+        assert side is not None
+        profile = self.engine.profile(model, version)
+        reference = profile.quality if profile is not None else None
+        report = side.book.report(model, version, start, reference)
+        if profile is not None and profile.origin:
+            report.update(profile.origin)
+        report["reference"] = profile.identity if profile is not None else None
+        key = model.encode()
+        await side.send_quality(key, msgspec.json.encode(report))
+        self.metrics.observe_quality(report)
+        evaluation = side.rules.evaluate(report)
+        await self._send_evaluation(key, model, evaluation)
+
+    async def _send_evaluation(self, key: bytes, model: str, evaluation: Any) -> None:
+        for alert in evaluation.alerts:
+            self.metrics.alerts.labels(alert["rule"], alert["state"]).inc()
+            if self.send_alert is not None:
+                await self.send_alert(key, msgspec.json.encode(alert))
+        for event in evaluation.retrain:
+            self.metrics.retrain.labels(model).inc()
+            if self.send_retrain is not None:
+                await self.send_retrain(key, msgspec.json.encode(event))
+            log.warning("retrain requested: %s (%s)", event["id"], event["data"]["rule"])
+
+    def _task(self, model: str, version: str, label: float | str) -> str:
+        mc = self.config.model(model)
+        if mc is not None and mc.task is not None:
+            return mc.task
+        profile = self.engine.profile(model, version)
+        if profile is not None and profile.quality:
+            return str(profile.quality["task"])
+        return infer_task(label)
+
+    async def handle_outcomes(self, messages: Sequence[tuple[int, int, bytes]]) -> list[int]:
+        """Joins (partition, offset, value) outcome messages to their predictions; returns
+        the positions not to acknowledge (they come again after a seek)."""
+        async with self.lock:
+            return await self._handle_outcomes(messages)
+
+    async def _handle_outcomes(self, messages: Sequence[tuple[int, int, bytes]]) -> list[int]:
+        side = self.outcomes
+        assert side is not None
+        topic = self.config.kafka.outcomes_topic
+        held: list[int] = []
+        clock = time.monotonic()
+        batch = _JoinBatch()
+        for position, (partition, offset, value) in enumerate(messages):
+            verdict = side.sequencer.check(partition, offset, clock)
+            if verdict is not Sequencer.TAKE:
+                if verdict is Sequencer.AGAIN:
+                    self.metrics.redelivered.inc()
+                else:
+                    held.append(position)
+                    if verdict is Sequencer.SEEK and side.seek is not None:
+                        expected = side.sequencer.next_offset(partition)
+                        self.metrics.gaps.inc()
+                        try:
+                            await side.seek(partition, expected)
+                        except Exception as exc:
+                            log.warning("outcomes partition %d: seek failed: %s", partition, exc)
+                continue
+            outcome = decode_outcome(value)
+            if isinstance(outcome, Invalid):
+                self.metrics.outcomes.labels("-", outcome.reason).inc()
+                await self._dead_letter(outcome, topic, partition, offset)
+                continue
+            model = outcome.model
+            if self.config.model(model) is None:
+                bad = Invalid("unknown_model", f"no model {model[:80]!r} is monitored", value)
+                self.metrics.outcomes.labels("-", "unknown_model").inc()
+                await self._dead_letter(bad, topic, partition, offset)
+                continue
+            self._ensure_loaded(model)
+            done = side.offsets.setdefault(model, {})
+            if offset <= done.get(str(partition), -1):
+                self.metrics.outcomes.labels(model, "redelivered").inc()
+                continue  # in the saved quality state already
+            self.partition_of.setdefault(model, partition)
+            done[str(partition)] = offset
+            batch.models.add(model)
+            await self._join(outcome, (time.time(), partition, offset, value), batch)
+        await self._finish_join(batch)
+        return held
+
+    async def _join(
+        self, outcome: Any, source: tuple[float, int, int, bytes], batch: _JoinBatch
+    ) -> None:
+        """Joins one outcome; one whose prediction is not in yet waits (its event may
+        still be on its way: the topics are read independently)."""
+        side = self.outcomes
+        assert side is not None
+        model = outcome.model
+        since, partition, offset, value = source
+        key = (model, outcome.event_id)
+        status, pending = side.pending.find(model, outcome.event_id, self.engine.newest_ts(model))
+        if status == "joined" and key in batch.seen:
+            status = "duplicate"
+        if status == "unknown_event" and time.time() - since < side.wait_s:
+            waiting = side.waiting.setdefault(model, [])
+            if len(waiting) < side.max_waiting:
+                waiting.append(source)
+                self.metrics.outcomes.labels(model, "waiting").inc()
+                return
+        topic = self.config.kafka.outcomes_topic
+        if status != "joined" or pending is None:
+            self.metrics.outcomes.labels(model, status).inc()
+            detail = {
+                "duplicate": "the prediction already has its outcome",
+                "expired": "the prediction is older than the outcomes' time to live",
+                "unknown_event": "no prediction with this event_id is waiting",
+            }[status]
+            await self._dead_letter(Invalid(status, detail, value), topic, partition, offset)
+            return
+        task = self._task(model, pending.model_version, outcome.label)
+        starts, why = side.book.add(model, pending, outcome.label, task)
+        if why is not None:
+            self.metrics.outcomes.labels(model, "label_mismatch").inc()
+            await self._dead_letter(Invalid("label_mismatch", why, value), topic, partition, offset)
+            return
+        batch.seen.add(key)
+        batch.joined.append((model, outcome.event_id, pending))
+        self.metrics.outcomes.labels(model, "joined").inc()
+        for start in starts:
+            batch.touched[(model, pending.model_version, start)] = None
+
+    async def _finish_join(self, batch: _JoinBatch) -> None:
+        side = self.outcomes
+        assert side is not None
+        for model, version, start in batch.touched:
+            state = side.book.states[model][(version, start)]
+            if state.rows is not None:  # still open windows are reported when they close
+                await self._publish_quality(model, version, start)
+        for model in batch.models:
+            self._save(model)
+        # marked only once the state that counts them is saved: a crash in between
+        # redelivers the outcomes, which the saved offsets then skip
+        side.pending.mark_joined(batch.joined)
+
+    async def _retry_waiting(self, models: Iterable[str]) -> None:
+        """Tries again the outcomes that came before their predictions."""
+        side = self.outcomes
+        if side is None:
+            return
+        batch = _JoinBatch()
+        for model in models:
+            waiting = side.waiting.pop(model, None)
+            if not waiting:
+                continue
+            batch.models.add(model)
+            for source in waiting:
+                outcome = decode_outcome(source[3])
+                if not isinstance(outcome, Invalid):
+                    await self._join(outcome, source, batch)
+        if batch.models:
+            await self._finish_join(batch)
 
     async def _dead_letter(self, bad: Invalid, topic: str, partition: int, offset: int) -> None:
         self.metrics.invalid.labels(bad.reason).inc()
@@ -332,6 +562,8 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     dlq_topic = app.topic(kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
     alerts_topic = app.topic(kafka.alerts_topic, value_serializer="raw", key_serializer="raw")
     retrain_topic = app.topic(kafka.retrain_topic, value_serializer="raw", key_serializer="raw")
+    outcomes_topic = app.topic(kafka.outcomes_topic, value_serializer="raw", key_serializer="raw")
+    quality_topic = app.topic(kafka.quality_topic, value_serializer="raw", key_serializer="raw")
     # values are base64 text of the engine's msgpack snapshot: Faust's changelog recovery
     # decodes values with the table's JSON codec whatever the declared type
     state = app.Table(
@@ -364,6 +596,27 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     async def seek(partition: int, offset: int) -> None:
         await app.consumer.seek(TP(kafka.events_topic, partition), offset)
 
+    async def seek_outcomes(partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(kafka.outcomes_topic, partition), offset)
+
+    async def send_quality(key: bytes, value: bytes) -> None:
+        await quality_topic.send(key=key, value=value)
+
+    outcomes = None
+    if config.outcomes.enabled:
+        oc = config.outcomes
+        outcomes = Outcomes(
+            pending=PendingPredictions(
+                Path(app.conf.datadir) / "predictions" if oc.store == "rocksdb" else None,
+                oc.ttl,
+            ),
+            book=QualityBook(config.window.spec(), oc.ttl, oc.threshold),
+            rules=QualityRuleEngine(config.rule_set(), source=config.source),
+            send_quality=send_quality,
+            seek=seek_outcomes,
+            wait_s=oc.wait / 1000,
+        )
+
     def save_state(model: str, data: bytes) -> None:
         state[model.encode()] = base64.b64encode(data).decode()
 
@@ -384,6 +637,7 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         send_retrain=send_retrain,
         flush=app.producer.flush,
         seek=seek,
+        outcomes=outcomes,
     )
 
     @app.agent(events_topic, name="driftline-events")
@@ -391,13 +645,26 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         # noack_take + acks after handling: take_events acks its whole buffer in a
         # `finally`, so a worker stopped mid-batch would commit events it never counted
         async for batch in stream.noack_take(kafka.batch_size, within=kafka.batch_within):
-            messages = [(e.message.partition, e.message.offset, e.value) for e in batch]
+            # a tombstone's value is None: no event, dead-lettered like an empty message
+            messages = [(e.message.partition, e.message.offset, e.value or b"") for e in batch]
             held = set((await handler.handle(messages)).held)
             for position, event in enumerate(batch):
                 if position not in held:
                     await stream.ack(event)
 
-    @app.timer(interval=max(0.5, config.window.idle_close / 4000))
+    if outcomes is not None:
+
+        @app.agent(outcomes_topic, name="driftline-outcomes")
+        async def join(stream: Any) -> None:
+            async for batch in stream.noack_take(kafka.batch_size, within=kafka.batch_within):
+                messages = [(e.message.partition, e.message.offset, e.value) for e in batch]
+                held = set(await handler.handle_outcomes(messages))
+                for position, event in enumerate(batch):
+                    if position not in held:
+                        await stream.ack(event)
+
+    # idle windows close within a quarter of idle_close; waiting outcomes retry within 5 s
+    @app.timer(interval=max(0.5, min(5.0, config.window.idle_close / 4000)))
     async def close_idle() -> None:
         await handler.tick()
 
@@ -430,7 +697,9 @@ async def ensure_topics(config: MonitorConfig) -> None:
     from stream.errors import StreamError
 
     kafka = config.kafka
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=kafka.bootstrap, **kafka.security.aiokafka_kwargs()
+    )
     await admin.start()
     try:
         existing = await admin.describe_topics([kafka.events_topic])
@@ -447,6 +716,8 @@ async def ensure_topics(config: MonitorConfig) -> None:
             kafka.dlq_topic,
             kafka.alerts_topic,
             kafka.retrain_topic,
+            kafka.outcomes_topic,  # co-partitioned with the events: same count, model key
+            kafka.quality_topic,
         ]
         topics = set(await admin.list_topics())
         new = [NewTopic(t, kafka.partitions, 1) for t in wanted if t not in topics]

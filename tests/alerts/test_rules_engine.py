@@ -214,7 +214,7 @@ def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:
         load_rules(path)
 
 
-def test_prometheus_export_covers_overrides_and_names_what_it_skips() -> None:
+def test_prometheus_export_covers_overrides_and_quality_rules() -> None:
     from alerts.prometheus import export
 
     ruleset = RuleSet.model_validate(
@@ -229,10 +229,15 @@ def test_prometheus_export_covers_overrides_and_names_what_it_skips() -> None:
     )  # fmt: skip
     doc, notes = export(ruleset, window_s=600)
     rules = doc["groups"][0]["rules"]
-    assert [r["alert"] for r in rules] == ["DriftlinePsiOverride1", "DriftlinePsi"]
-    override, base = rules
+    assert [r["alert"] for r in rules] == ["DriftlinePsiOverride1", "DriftlinePsi", "DriftlineAcc"]
+    override, base, acc = rules
     assert 'model="fraud",feature=~"m_.*"' in override["expr"]
     assert "> 0.4" in override["expr"]
     assert base["expr"].count("unless") == 2
     assert base["for"] == "1200s"
-    assert notes == ["rule acc: accuracy_drop has no exported metric yet, skipped"]
+    # quality rules: the drop gauge, with min_samples counted in labelled predictions
+    assert acc["expr"] == (
+        '(driftline_quality{figure="accuracy_drop"} > 0.05) and on (model, model_version) '
+        'driftline_quality{figure="labelled"} >= 100'
+    )
+    assert notes == []

@@ -241,7 +241,10 @@ def group_state(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
             groups = described[0].groups if described else []
             members = len(groups[0][5]) if groups else 0
             committed = await admin.list_consumer_group_offsets(group)
-            parts = consumer.partitions_for_topic(topic) or set()
+            # the topic's partitions from the broker: a fresh consumer's own metadata
+            # knows no topic, and an empty set would make the lag always 0
+            topics = await admin.describe_topics([topic])
+            parts = {p["partition"] for t in topics if not t["error_code"] for p in t["partitions"]}
             tps = [TopicPartition(topic, p) for p in parts]
             ends = await consumer.end_offsets(tps) if tps else {}
             lag = sum(

@@ -24,7 +24,11 @@ def test_the_documented_example_is_valid() -> None:
     config = load_config(REPO / "docs" / "monitor.example.yaml", env=False)
     assert config.window.size == 3_600_000
     assert config.window.lateness == 300_000
-    assert config.models[0].name == "fraud"
+    assert [m.name for m in config.models] == ["churn", "fraud"]
+    assert config.models[0].mlflow is not None
+    assert config.models[0].mlflow.alias == "champion"
+    assert config.outcomes.ttl == 7 * 86_400_000
+    assert config.models[1].task == "binary"
     assert config.limits.limits().max_future_ms == 3_600_000
 
 

@@ -257,9 +257,15 @@ impl QuantileSketch {
         s.sum = r.f64()?;
         s.min = r.f64()?;
         s.max = r.f64()?;
+        // Stored keys must be keys some value can have at this accuracy: update and merge
+        // compute key differences in i32 and grow a store to span them, so a key out of
+        // that range would overflow or ask for gigabytes.
+        let (lowest, highest) = (s.key(MIN_INDEXABLE) as i64, s.key(f64::MAX) as i64);
         let fits = |st: &Store| {
             st.counts.len() <= max_bins as usize
-                && (st.offset as i64 + st.counts.len() as i64) < i32::MAX as i64
+                && (st.counts.is_empty()
+                    || (st.offset as i64 >= lowest
+                        && st.offset as i64 + st.counts.len() as i64 - 1 <= highest))
         };
         let total = s
             .pos
@@ -268,6 +274,15 @@ impl QuantileSketch {
             .and_then(|t| t.checked_add(s.zero));
         if !fits(&s.pos) || !fits(&s.neg) || total != Some(s.count) {
             return r.malformed("bucket counts do not add up to the count");
+        }
+        // quantiles are clamped to [min, max]: finite and ordered unless nothing was counted
+        let extremes = if s.count == 0 {
+            s.min == f64::INFINITY && s.max == f64::NEG_INFINITY
+        } else {
+            s.min.is_finite() && s.max.is_finite() && s.min <= s.max
+        };
+        if !extremes {
+            return r.malformed("min and max do not fit the count");
         }
         r.finish()?;
         Ok(s)
@@ -291,6 +306,40 @@ mod tests {
             let got = s.quantile(q).unwrap();
             assert!((got - exact).abs() <= 0.01 * exact * (1.0 + 1e-9), "q={q}");
         }
+    }
+
+    #[test]
+    fn decoding_refuses_extremes_and_keys_no_value_has() {
+        let mut s = QuantileSketch::new(0.01, 64).unwrap();
+        s.update(&[1.0, 2.0, 3.0]);
+        let good = s.clone();
+        let reencode = |s: &QuantileSketch| QuantileSketch::from_bytes(&s.to_bytes());
+        for (min, max) in [
+            (f64::NAN, 3.0),
+            (1.0, f64::NAN),
+            (4.0, 3.0),
+            (f64::NEG_INFINITY, 3.0),
+        ] {
+            let mut bad = good.clone();
+            (bad.min, bad.max) = (min, max);
+            assert!(reencode(&bad).is_err(), "min {min} max {max}");
+        }
+        let mut bad = QuantileSketch::new(0.01, 64).unwrap();
+        bad.min = 0.0;
+        assert!(reencode(&bad).is_err(), "an empty sketch with a min");
+        for offset in [i32::MIN, i32::MAX - 2, 40_000, -40_000] {
+            let mut bad = good.clone();
+            bad.pos.offset = offset;
+            assert!(reencode(&bad).is_err(), "offset {offset}");
+        }
+        let back = reencode(&good).unwrap();
+        assert_eq!(back, good);
+        let extreme = {
+            let mut e = QuantileSketch::new(0.01, 1 << 20).unwrap();
+            e.update(&[1.0001e-300, f64::MAX, -f64::MAX, -1.0001e-300]);
+            e
+        };
+        assert_eq!(reencode(&extreme).unwrap(), extreme);
     }
 
     #[test]
