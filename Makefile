@@ -17,7 +17,7 @@ WHEEL_DIR := target/wheels
 export OPENBLAS_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help system setup develop demo demo-core test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-integrations bench-rust clean
+.PHONY: help system setup develop demo demo-core test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-integrations bench-outcomes bench-rust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -99,6 +99,9 @@ bench-hooks: develop  ## serving hook: added latency per record() and publisher 
 
 bench-integrations: develop  ## serving integrations: added latency per request (FastAPI) and per predicted row (MLflow)
 	$(PY) tests/benchmarks/bench_integrations.py
+
+bench-outcomes: develop  ## outcomes joined per second per worker, bytes per pending prediction
+	$(PY) tests/benchmarks/bench_outcomes.py
 
 bench-rust:  ## Rust-level breakdown of the hot paths
 	cargo run -q --release --no-default-features --example speed

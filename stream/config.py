@@ -24,7 +24,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from alerts.rules import RuleSet, default_rules, load_rules
 from stream.configfile import describe, parse_duration, read_mapping
@@ -192,6 +200,7 @@ class MonitorConfig(_Strict):
     source: str = Field(default="driftline", description="CloudEvents `source` of retrain events")
     models: list[ModelConfig] = Field(min_length=1)
     base_dir: Path = Field(default=Path("."), exclude=True)
+    _names: frozenset[str] | None = PrivateAttr(default=None)
 
     @field_validator("models")
     @classmethod
@@ -204,6 +213,11 @@ class MonitorConfig(_Strict):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def monitors(self, name: str) -> bool:
+        if self._names is None:  # the models are fixed once validated
+            self._names = frozenset(m.name for m in self.models)
+        return name in self._names
 
     def rule_set(self) -> RuleSet:
         """The configured alert rules, or the shipped defaults."""

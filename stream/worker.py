@@ -119,6 +119,12 @@ class _JoinBatch:
     seen: set[tuple[str, str]] = field(default_factory=set)
     touched: dict[tuple[str, str, int], None] = field(default_factory=dict)
     models: set[str] = field(default_factory=set)
+    #: (model, result) -> outcomes, added to the counter once per batch
+    results: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def count(self, model: str, result: str) -> None:
+        key = (model, result)
+        self.results[key] = self.results.get(key, 0) + 1
 
 
 @dataclass
@@ -444,7 +450,7 @@ class Handler:
                 await self._dead_letter(outcome, topic, partition, offset)
                 continue
             model = outcome.model
-            if self.config.model(model) is None:
+            if not self.config.monitors(model):
                 bad = Invalid("unknown_model", f"no model {model[:80]!r} is monitored", value)
                 self.metrics.outcomes.labels("-", "unknown_model").inc()
                 await self._dead_letter(bad, topic, partition, offset)
@@ -478,11 +484,11 @@ class Handler:
             waiting = side.waiting.setdefault(model, [])
             if len(waiting) < side.max_waiting:
                 waiting.append(source)
-                self.metrics.outcomes.labels(model, "waiting").inc()
+                batch.count(model, "waiting")
                 return
         topic = self.config.kafka.outcomes_topic
         if status != "joined" or pending is None:
-            self.metrics.outcomes.labels(model, status).inc()
+            batch.count(model, status)
             detail = {
                 "duplicate": "the prediction already has its outcome",
                 "expired": "the prediction is older than the outcomes' time to live",
@@ -493,18 +499,20 @@ class Handler:
         task = self._task(model, pending.model_version, outcome.label)
         starts, why = side.book.add(model, pending, outcome.label, task)
         if why is not None:
-            self.metrics.outcomes.labels(model, "label_mismatch").inc()
+            batch.count(model, "label_mismatch")
             await self._dead_letter(Invalid("label_mismatch", why, value), topic, partition, offset)
             return
         batch.seen.add(key)
         batch.joined.append((model, outcome.event_id, pending))
-        self.metrics.outcomes.labels(model, "joined").inc()
+        batch.count(model, "joined")
         for start in starts:
             batch.touched[(model, pending.model_version, start)] = None
 
     async def _finish_join(self, batch: _JoinBatch) -> None:
         side = self.outcomes
         assert side is not None
+        for (model, result), n in batch.results.items():
+            self.metrics.outcomes.labels(model, result).inc(n)
         for model, version, start in batch.touched:
             state = side.book.states[model][(version, start)]
             if state.rows is not None:  # still open windows are reported when they close
@@ -544,6 +552,7 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     app = faust.App(
         kafka.group,
         broker=f"kafka://{kafka.bootstrap}",
+        broker_credentials=kafka.security.faust_credentials(),
         store="memory://",
         datadir=str(datadir or tempfile.mkdtemp(prefix="driftline-worker-")),
         topic_partitions=kafka.partitions,
