@@ -171,6 +171,7 @@ class PendingPredictions:
     def __init__(self, path: Path | None, ttl_ms: int) -> None:
         self.ttl_ms = ttl_ms
         self.path = path
+        self._versions: dict[str, bytes] = {}
         self._mem: dict[bytes, bytes] | None = None
         self._db: Any = None
         if path is None:
@@ -201,6 +202,35 @@ class PendingPredictions:
         if n:
             self._db.write(batch)
         return n
+
+    def put_events(self, events: Iterable[Any]) -> int:
+        """Adds the predictions of decoded events (``stream.events.Event``): the worker's
+        hot path, packed without intermediate objects."""
+        head, f64, versions = _HEAD.pack, _F64.pack, self._versions
+        rows: list[tuple[bytes, bytes]] = []
+        for e in events:
+            p = e.prediction
+            if p is None:
+                continue
+            v = versions.get(e.model_version)
+            if v is None:
+                raw = e.model_version.encode()[:255]
+                v = versions[e.model_version] = bytes([len(raw)]) + raw
+            if isinstance(p, str):
+                value = head(0, _TEXT, e.ts) + v + p.encode()[:1024]
+            else:
+                value = head(0, _NUMBER, e.ts) + v + f64(p)
+            rows.append((_key(e.model, e.event_id), value))
+        if self._mem is not None:
+            self._mem.update(rows)
+        elif rows:
+            from rocksdict import WriteBatch
+
+            batch = WriteBatch(raw_mode=True)
+            for k, value in rows:
+                batch.put(k, value)
+            self._db.write(batch)
+        return len(rows)
 
     def find(
         self, model: str, event_id: str, newest_ts: int | None

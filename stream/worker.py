@@ -309,10 +309,10 @@ class Handler:
         if self.outcomes is not None:
             # the predictions wait for their labels (late events too: their window is
             # known, only their sketch update was refused)
-            self.outcomes.pending.put_many(
-                (e.model, e.event_id, Pending(e.model_version, e.ts, e.prediction))
-                for position, e in enumerate(events)
-                if position not in rejected and e.prediction is not None
+            self.outcomes.pending.put_events(
+                events
+                if not rejected
+                else [e for position, e in enumerate(events) if position not in rejected]
             )
         await self._publish(outcome)
         if self.outcomes is not None and self.outcomes.waiting:
