@@ -427,6 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     except DriftlineError as exc:
         print(f"driftline: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from aiokafka.errors import KafkaError
+
+        if isinstance(exc, KafkaError):  # refused login, unreachable broker: one line
+            print(f"driftline: Kafka: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

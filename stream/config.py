@@ -48,7 +48,8 @@ class ConfigError(StreamError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # errors never echo the input: it may hold a secret someone put in the wrong place
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class WindowConfig(_Strict):
