@@ -28,7 +28,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
@@ -37,7 +36,7 @@ from time import perf_counter
 from typing import Any, TypeVar, cast
 
 from serving_hooks._values import clean, clean_features
-from serving_hooks.publisher import AsyncPublisher, SyncPublisher
+from serving_hooks.publisher import AsyncPublisher, SyncPublisher, new_event_id
 
 __all__ = ["current_event_id", "monitor", "publisher_lifespan"]
 
@@ -258,7 +257,7 @@ class _Recorder:
                     return str(given)
             except Exception:  # the event is still recorded, under a random id
                 self.failed("its event_id callable", count=False)
-        return os.urandom(16).hex()
+        return new_event_id()
 
     def record(
         self,

@@ -49,7 +49,8 @@ class WorkerMetrics:
         self.outcomes = Counter(
             "driftline_outcomes",
             "Outcome messages by result: joined, duplicate, expired, unknown_event, "
-            "label_mismatch, redelivered, unknown_model or a decoding reason",
+            "label_mismatch, redelivered, unknown_model or a decoding reason; waiting "
+            "counts those that waited for their prediction (then counted again as the rest)",
             ["model", "result"],
             registry=r,
         )

@@ -247,6 +247,7 @@ class Handler:
         held: list[int] = []
         check = self.sequencer.check
         clock = time.monotonic()
+        reseek: set[int] = set()
         for position, (partition, offset, value) in enumerate(messages):
             verdict = check(partition, offset, clock)
             if verdict is not Sequencer.TAKE:
@@ -257,6 +258,8 @@ class Handler:
                 held.append(position)  # comes again after the seek: not acked
                 if verdict is Sequencer.SEEK:
                     await self._seek_back(partition, offset)
+                else:
+                    reseek.add(partition)
                 continue
             decoded = decode(value, limits, now_ms)
             for bad in decoded.invalid:
@@ -273,6 +276,12 @@ class Handler:
                     continue
                 events.append(event)
                 sources.append((partition, offset))
+        for partition in reseek:
+            # Still short of the missing message: seek again. Faust's fetcher undoes a
+            # seek made while it hands out a fetched batch (each message it hands out
+            # sets its read offset, and re-read messages below that are then dropped as
+            # already read), so the messages held here are what is left of that batch.
+            await self._seek_again(partition)
         if events:
             # references come from files or a registry (HTTP): look up the versions not
             # seen yet off the event loop, and take the time again after that
@@ -345,6 +354,15 @@ class Handler:
                 await self.seek(partition, expected)
             except Exception as exc:  # partition just revoked: its new owner reads it
                 log.warning("partition %d: seek to %d failed: %s", partition, expected, exc)
+
+    async def _seek_again(self, partition: int) -> None:
+        expected = self.sequencer.next_offset(partition)
+        if expected is None or self.seek is None:
+            return
+        try:
+            await self.seek(partition, expected)
+        except Exception as exc:  # partition just revoked: its new owner reads it
+            log.warning("partition %d: seek to %d failed: %s", partition, expected, exc)
 
     async def tick(self, now_ms: int | None = None) -> Outcome:
         """Closes windows of models that went quiet (called on a timer)."""
@@ -468,7 +486,11 @@ class Handler:
         return held
 
     async def _join(
-        self, outcome: Any, source: tuple[float, int, int, bytes], batch: _JoinBatch
+        self,
+        outcome: Any,
+        source: tuple[float, int, int, bytes],
+        batch: _JoinBatch,
+        retry: bool = False,
     ) -> None:
         """Joins one outcome; one whose prediction is not in yet waits (its event may
         still be on its way: the topics are read independently)."""
@@ -484,7 +506,8 @@ class Handler:
             waiting = side.waiting.setdefault(model, [])
             if len(waiting) < side.max_waiting:
                 waiting.append(source)
-                batch.count(model, "waiting")
+                if not retry:  # counted once, when it starts to wait
+                    batch.count(model, "waiting")
                 return
         topic = self.config.kafka.outcomes_topic
         if status != "joined" or pending is None:
@@ -537,13 +560,23 @@ class Handler:
             for source in waiting:
                 outcome = decode_outcome(source[3])
                 if not isinstance(outcome, Invalid):
-                    await self._join(outcome, source, batch)
+                    await self._join(outcome, source, batch, retry=True)
         if batch.models:
             await self._finish_join(batch)
 
     async def _dead_letter(self, bad: Invalid, topic: str, partition: int, offset: int) -> None:
         self.metrics.invalid.labels(bad.reason).inc()
         await self.send_dlq(dlq_record(bad, topic, partition, offset))
+
+
+def _temporary_datadir() -> str:
+    path = tempfile.mkdtemp(prefix="driftline-worker-")
+    log.warning(
+        "no --datadir: using %s; predictions waiting for their outcomes do not survive a "
+        "restart (give the worker a data directory of its own)",
+        path,
+    )
+    return path
 
 
 def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faust.App, Handler]:
@@ -554,7 +587,7 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         broker=f"kafka://{kafka.bootstrap}",
         broker_credentials=kafka.security.faust_credentials(),
         store="memory://",
-        datadir=str(datadir or tempfile.mkdtemp(prefix="driftline-worker-")),
+        datadir=str(datadir or _temporary_datadir()),
         topic_partitions=kafka.partitions,
         table_standby_replicas=0,
         web_enabled=False,
@@ -686,6 +719,10 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         handler.sequencer.keep_only(
             {tp.partition for tp in assigned if tp.topic == kafka.events_topic}
         )
+        if outcomes is not None:
+            outcomes.sequencer.keep_only(
+                {tp.partition for tp in assigned if tp.topic == kafka.outcomes_topic}
+            )
 
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
@@ -711,14 +748,18 @@ async def ensure_topics(config: MonitorConfig) -> None:
     )
     await admin.start()
     try:
-        existing = await admin.describe_topics([kafka.events_topic])
+        # co-partitioned topics: a model's events, outcomes and state share a partition
+        keyed = [kafka.events_topic, kafka.outcomes_topic]
+        existing = await admin.describe_topics(keyed)
         parts = {t["topic"]: len(t["partitions"]) for t in existing if not t["error_code"]}
-        have = parts.get(kafka.events_topic)
-        if have is not None and have != kafka.partitions:
-            raise StreamError(
-                f"topic {kafka.events_topic} has {have} partitions but the configuration says "
-                f"{kafka.partitions}: set kafka.partitions to {have}"
-            )
+        for topic in keyed:
+            have = parts.get(topic)
+            if have is not None and have != kafka.partitions:
+                raise StreamError(
+                    f"topic {topic} has {have} partitions but the configuration says "
+                    f"{kafka.partitions}: the events and outcomes topics need "
+                    f"kafka.partitions partitions each"
+                )
         wanted = [
             kafka.events_topic,
             kafka.reports_topic,

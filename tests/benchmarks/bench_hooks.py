@@ -54,15 +54,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--compression", default="gzip", help="gzip or none")
+    ap.add_argument("--compression", default="zstd", help="zstd, gzip, lz4 or none")
     args = ap.parse_args()
     broker = LocalKafka(
         home=REPO / ".kafka", name="bench-hooks", port=free_port(), controller_port=free_port()
     )
     broker.up()
     try:
+        compression = None if args.compression == "none" else args.compression
         pub = SyncPublisher(
-            PublisherConfig(bootstrap=broker.bootstrap, topic="bench.hooks", max_queue=2_000_000)
+            PublisherConfig(
+                bootstrap=broker.bootstrap,
+                topic="bench.hooks",
+                max_queue=2_000_000,
+                compression=compression,
+            )
         )
         base = timed(args.calls, None)
         hooked = timed(args.calls, pub)
