@@ -24,9 +24,9 @@ ENV PYTHONUNBUFFERED=1 \
 COPY --from=build /wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir /tmp/wheels/*.whl "mlflow-skinny==${MLFLOW_VERSION}" \
     && rm -rf /tmp/wheels
-# directories that named volumes mount over start out owned by the service user
+# directories that volumes mount over start out owned by the service user
 RUN useradd --system --uid 10001 --home-dir /var/lib/driftline driftline \
-    && mkdir -p /var/lib/driftline/receiver /var/lib/driftline/rules \
+    && mkdir -p /var/lib/driftline/receiver /var/lib/driftline/rules /var/lib/driftline/worker \
     && chown -R driftline:driftline /var/lib/driftline
 USER driftline
 WORKDIR /var/lib/driftline

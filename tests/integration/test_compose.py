@@ -93,6 +93,8 @@ def test_services_scale_and_mount_what_the_repository_ships(tmp_path: Path) -> N
         """target -> source of the service's bind mounts of repository files."""
         out = {}
         for volume in services[service].get("volumes", []):
+            if ":" not in volume:
+                continue  # an anonymous volume: only a target
             source, target = volume.split(":")[:2]  # docker-compose 1.29 prints short syntax
             if source.startswith("/"):
                 assert Path(source).exists(), f"{service} mounts {source}, which does not exist"
@@ -113,6 +115,11 @@ def test_services_scale_and_mount_what_the_repository_ships(tmp_path: Path) -> N
     config = Path(mounts("worker")["/etc/driftline"]) / "monitor.yaml"
     assert config.exists()
     assert f"/etc/driftline/{config.name}" in services["worker"]["command"]
+    # the worker's data dir (pending predictions, RocksDB) is a volume of each replica's
+    # own: anonymous, not a bind mount or a named volume the replicas would share
+    command = services["worker"]["command"]
+    datadir = command[command.index("--datadir") + 1]
+    assert datadir in worker["volumes"], f"the worker's --datadir {datadir} is not a volume"
 
 
 def test_prometheus_config_is_valid() -> None:

@@ -1,6 +1,7 @@
 """The Grafana dashboard and the exported alert rules against a real Prometheus (Debian's
-binary) scraping a live worker, dispatcher and serving hook, fed through the real broker:
-every expression must return something, with the dashboard's variables set to real values."""
+binary) scraping a live worker, dispatcher and serving hook, fed through the real broker
+(predictions, then their labels as outcomes): every expression must return something,
+with the dashboard's variables set to real values."""
 
 from __future__ import annotations
 
@@ -37,10 +38,17 @@ WINDOW_MS = 10_000
 VARIABLES = {"model": "fraud", "feature": "amount"}
 #: Grafana's own interval variables, as Grafana expands them for a short time range
 BUILTINS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "5m"}
-#: metrics a panel already shows but the code does not export yet. Each is checked to be
-#: absent: once the metric exists this test fails until the entry goes, and from then on
-#: its expressions are checked like every other one.
-PENDING = {"driftline_accuracy": "accuracy per window, from joined outcome events"}
+#: metrics a panel already shows but the code does not export yet (none at the moment).
+#: Each is checked to be absent: once the metric exists this test fails until the entry
+#: goes, and from then on its expressions are checked like every other one.
+PENDING: dict[str, str] = {}
+#: the reference quality put in the test's profile: accuracy_drop is judged against it
+REFERENCE_QUALITY: dict[str, Any] = {
+    "task": "binary",
+    "threshold": 0.5,
+    "accuracy": 0.9,
+    "auc": 0.95,
+}
 
 
 def _opener() -> urllib.request.OpenerDirector:
@@ -157,14 +165,17 @@ def prometheus_config(deploy: dict[str, Any], local: dict[str, str], rules: Path
 
 
 @contextlib.contextmanager
-def serving_hook(bootstrap: str, topic: str) -> Iterator[tuple[SyncPublisher, int]]:
+def serving_hook(
+    bootstrap: str, topic: str, outcomes_topic: str
+) -> Iterator[tuple[SyncPublisher, int]]:
     """A serving pod's hook: a publisher whose registry is served over HTTP."""
     registry = CollectorRegistry()
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    publisher = SyncPublisher(
-        PublisherConfig(bootstrap=bootstrap, topic=topic, linger_ms=20), registry=registry
+    config = PublisherConfig(
+        bootstrap=bootstrap, topic=topic, outcomes_topic=outcomes_topic, linger_ms=20
     )
+    publisher = SyncPublisher(config, registry=registry)
     try:
         yield publisher, port
     finally:
@@ -188,6 +199,23 @@ def window(start: int, n: int, rng: np.random.Generator, bad: bool) -> list[dict
     return out
 
 
+def labels(events: list[dict[str, Any]], flip: bool) -> list[tuple[str, float]]:
+    """(event_id, label) for 9 of every 10 events, in event order: the label agrees with
+    the prediction at the 0.5 threshold, except every 4th one when ``flip`` (1350 of 1500
+    labelled, 375 of them wrong: accuracy 0.72, and about that in every run of 100 labels
+    in this order, so a window breaches the reference's 0.9 - 0.05 from its 100th label
+    on and fires exactly once)."""
+    out = []
+    for i, e in enumerate(events):
+        if i % 10 == 9:
+            continue  # no label (yet): the labelled share is 0.9
+        label = float(e["prediction"] >= 0.5)
+        if flip and i % 4 == 0:
+            label = 1.0 - label
+        out.append((e["event_id"], label))
+    return out
+
+
 def test_every_dashboard_and_alert_expression_returns_data(
     setup: Setup, start_worker: Callable[..., Popen[bytes]], tmp_path: Path
 ) -> None:
@@ -195,7 +223,13 @@ def test_every_dashboard_and_alert_expression_returns_data(
     # short event-time windows so that the rules' `for` (windows - 1) x size is 10 s
     config = yaml.safe_load(setup.config_path.read_text())
     config["window"] = {"size": "10s", "lateness": "0s", "idle_close": "3s"}
+    outcomes_topic = f"{setup.prefix}.outcomes"
+    config["kafka"].update(outcomes_topic=outcomes_topic, quality_topic=f"{setup.prefix}.quality")
+    config["outcomes"] = {"ttl": "30m", "wait": "30s"}
     setup.config_path.write_text(yaml.safe_dump(config))
+    # the reference quality the windows' accuracy is compared with (accuracy_drop)
+    setup.profile.quality = dict(REFERENCE_QUALITY)
+    setup.profile.save(config["models"][0]["reference"])
     rules_path = tmp_path / "driftline-rules.yml"
     subprocess.run(
         [sys.executable, "-m", "stream.cli", "rules", "export-prometheus",
@@ -219,7 +253,9 @@ def test_every_dashboard_and_alert_expression_returns_data(
             "--metrics-port", str(dispatcher_port), log=tmp_path / "dispatcher.log",
         )  # fmt: skip
         stack.callback(_stop, dispatcher)
-        publisher, hook_port = stack.enter_context(serving_hook(bootstrap, setup.events))
+        publisher, hook_port = stack.enter_context(
+            serving_hook(bootstrap, setup.events, outcomes_topic)
+        )
         local = {
             "driftline-worker": f"127.0.0.1:{worker_port}",
             "driftline-dispatcher": f"127.0.0.1:{dispatcher_port}",
@@ -238,12 +274,9 @@ def test_every_dashboard_and_alert_expression_returns_data(
         now = int(time.time() * 1000) - 2 * 3_600_000
         t0 = now - now % WINDOW_MS
         late = [event(t0 + i, 10_000 + i, rng) for i in range(20)]
-        events = [
-            *window(t0, 1_500, rng, bad=False),
-            *window(t0 + WINDOW_MS, 1_500, rng, bad=True),
-            *late,
-            *window(t0 + 2 * WINDOW_MS, 1_500, rng, bad=True),
-        ]
+        steady = window(t0, 1_500, rng, bad=False)
+        bad = [window(t0 + k * WINDOW_MS, 1_500, rng, bad=True) for k in (1, 2)]
+        events = [*steady, *bad[0], *late, *bad[1]]
         for e in events:
             publisher.record(
                 e["model"], e["model_version"], e["features"], prediction=e["prediction"],
@@ -254,10 +287,49 @@ def test_every_dashboard_and_alert_expression_returns_data(
         assert [r["rows"] for r in reports(setup, 3)] == [1_500] * 3
         assert worker.poll() is None
 
+        # then the labels, through the hook: the steady window's agree with the predictions,
+        # the bad windows' accuracy drops below the reference's. Every window is closed and
+        # each label's prediction is in, so every one joins, in order: the last quality
+        # report (the gauges' values) is the last bad window's.
+        outcomes = [
+            *labels(steady, flip=False),
+            *labels(bad[0], flip=True),
+            *labels(bad[1], flip=True),
+        ]
+        for event_id, label in outcomes:
+            publisher.record_outcome("fraud", event_id, label)
+        joined = 'sum(driftline_outcomes_total{result="joined"})'
+        results = "sum by (result) (driftline_outcomes_total)"
+        wait_for(
+            lambda: [float(s["value"][1]) for s in prom.query(joined)] == [len(outcomes)],
+            90, f"{len(outcomes)} outcomes joined", status=lambda: prom.query(results),
+        )  # fmt: skip
+        assert {s["metric"]["result"] for s in prom.query(results)} == {"joined"}
+
+        def quality() -> dict[str, float]:
+            got = prom.query('driftline_quality{model="fraud", model_version="3"}')
+            return {s["metric"]["figure"]: float(s["value"][1]) for s in got}
+
+        predicted = {e["event_id"]: float(e["prediction"] >= 0.5) for e in bad[1]}
+        last = labels(bad[1], flip=True)
+        accuracy = sum(predicted[event_id] == label for event_id, label in last) / len(last)
+        expected = {
+            "labelled": float(len(last)),
+            "labelled_share": len(last) / len(bad[1]),
+            "accuracy": accuracy,
+            "accuracy_drop": REFERENCE_QUALITY["accuracy"] - accuracy,
+        }
+        assert expected["accuracy_drop"] > 0.1  # well past the rule's 0.05
+        wait_for(
+            lambda: all(abs(quality().get(k, -1.0) - v) < 1e-9 for k, v in expected.items()),
+            30, f"the last bad window's quality {expected} scraped", status=quality,
+        )  # fmt: skip
+
         # Alert rules are threshold comparisons, empty while nothing breaches. Rather than
-        # strip the comparisons, the events above make every exported rule breach, so the
-        # whole expressions (thresholds, `unless`, the min-rows join) are what is checked,
-        # and the dashboard's "Alerts firing" panel has firing alerts to show.
+        # strip the comparisons, the events and labels above make every exported rule
+        # breach, so the whole expressions (thresholds, `unless`, the min-rows and
+        # min-labelled joins) are what is checked, and the dashboard's "Alerts firing"
+        # panel has firing alerts to show.
         names = {r["alert"] for r in rules}
 
         def firing() -> set[str]:
@@ -267,12 +339,13 @@ def test_every_dashboard_and_alert_expression_returns_data(
             lambda: names <= firing(), 90, f"alerts {sorted(names)} firing",
             status=lambda: prom.query("ALERTS"),
         )  # fmt: skip
-        # the two retrain events (PSI, KS) reached the receiver, and the dispatcher says so
-        wait_for(lambda: received(receiver_port) == 2, 60, "2 retrain events at the receiver")
+        # the four retrain events (PSI, KS; accuracy_drop of each bad window) reached the
+        # receiver, and the dispatcher says so
+        wait_for(lambda: received(receiver_port) == 4, 60, "4 retrain events at the receiver")
         delivered = 'driftline_dispatcher_events_total{outcome="delivered"}'
         wait_for(
-            lambda: [float(s["value"][1]) for s in prom.query(delivered)] == [2.0],
-            30, "2 deliveries scraped from the dispatcher", status=lambda: prom.query(delivered),
+            lambda: [float(s["value"][1]) for s in prom.query(delivered)] == [4.0],
+            30, "4 deliveries scraped from the dispatcher", status=lambda: prom.query(delivered),
         )  # fmt: skip
 
         dashboard = json.loads(DASHBOARD.read_text())
@@ -305,7 +378,7 @@ def test_every_dashboard_and_alert_expression_returns_data(
             if not prom.query(rule["expr"]):
                 empty.append(f"alert {rule['alert']}: {rule['expr']}")
         assert not empty, "empty results:\n" + "\n".join(empty)
-        assert checked >= len(rules) + 20
+        assert checked >= len(rules) + 30
 
 
 def _stop(proc: Popen[bytes]) -> None:
