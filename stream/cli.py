@@ -214,6 +214,11 @@ def _replay(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules)
     else:
         rules = config.rule_set() if config is not None else default_rules()
+    from stream.backtest import Backtest
+
+    backtest = Backtest.from_arguments(
+        args.incidents, args.sweep or [], args.grace, rules, spec.size_ms
+    )
     result = replay(
         frames(
             args.events,
@@ -227,6 +232,8 @@ def _replay(args: argparse.Namespace) -> int:
         source=", ".join(args.events),
     )
     print(summary(result))
+    if backtest is not None:
+        print(f"\n{backtest.apply(result, rules)}")
     if args.json:
         write_json(result, Path(args.json))
         print(f"wrote {args.json}")
@@ -392,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", help="write the windows, alerts and retrain events here")
     rep.add_argument("--report", metavar="OUT.html", help="write a self-contained HTML report")
     rep.add_argument("--report-png-dir", metavar="DIR", help="also write each chart as PNG here")
+    rep.add_argument(
+        "--incidents",
+        metavar="FILE",
+        help="YAML, JSON or CSV of when drift really happened (model, feature, start, end, "
+        "note): scores the rules (caught, missed, delay, false alarms per day)",
+    )
+    rep.add_argument(
+        "--grace", help="an alert up to this long after an incident ends counts (default: 1 window)"
+    )
+    rep.add_argument(
+        "--sweep",
+        action="append",
+        metavar="RULE[=LO:HI:STEP]",
+        help="evaluate the rule again at each threshold (default grid: 0.25x..4x its "
+        "threshold) and print the trade-off (repeatable)",
+    )
     rep.add_argument("--to-kafka", metavar="TOPIC", help="publish the events instead")
     rep.add_argument("--bootstrap", default="127.0.0.1:9092")
     rep.add_argument("--speed", default="max", help="60x (event time vs wall time) or max")

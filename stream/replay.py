@@ -129,7 +129,8 @@ def frames(
 
     Memory stays bounded on inputs larger than RAM: the time span is cut into ranges of
     about ``rows_in_memory`` events, and each range is filtered (Parquet row-group
-    statistics skip what is outside it), sorted and handed out before the next is read."""
+    statistics skip what is outside it), sorted if out of order and handed out before the
+    next is read."""
     frame = _ts_ms(scan(paths))
     if from_ms is not None:
         frame = frame.filter(pl.col("ts") >= from_ms)
@@ -149,16 +150,21 @@ def frames(
     ranges = max(1, -(-count // rows_in_memory))
     step = max(1, -(-(hi - lo + 1) // ranges))
     for start in range(lo, hi + 1, step):
+        inside = (pl.col("ts") >= start) & (pl.col("ts") < start + step)
         try:
-            part = (
-                frame.filter((pl.col("ts") >= start) & (pl.col("ts") < start + step))
-                .sort("ts", maintain_order=True)
-                .collect(engine="streaming")
-            )
+            part = frame.filter(inside).collect(engine="streaming")
         except pl.exceptions.PolarsError as exc:
             raise ReplayError(f"cannot read {where}: {exc}") from None
+        # sorted only when it is not in order already: a sort in the query held a second
+        # copy of every range and took more time than the replay of it
+        if not part["ts"].is_sorted():
+            part = part.sort("ts", maintain_order=True)
         for first in range(0, part.height, rows):
-            yield part.slice(first, rows)
+            if first + rows < part.height:
+                yield part.slice(first, rows)
+            else:  # a copy, so a caller still holding it does not keep the whole range
+                yield part[np.arange(first, part.height)]
+        del part
 
 
 def events(
@@ -205,9 +211,12 @@ class ReplayResult:
     late: int = 0
     #: driftline.quality/v1 reports of windows whose rows had labels
     quality: list[dict[str, Any]] = field(default_factory=list)
+    #: backtest scores against incidents and threshold sweeps (stream.backtest), if asked
+    scores: dict[str, Any] | None = None
+    sweep: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "schema": "driftline.replay/v1",
             "events": self.events,
             "late_events": self.late,
@@ -217,6 +226,11 @@ class ReplayResult:
             "alerts": self.alerts,
             "retrain_events": self.retrain_events,
         }
+        if self.scores is not None:
+            doc["scores"] = self.scores
+        if self.sweep is not None:
+            doc["sweep"] = self.sweep
+        return doc
 
 
 def _numeric(frame: pl.DataFrame, name: str, source: str) -> np.ndarray:

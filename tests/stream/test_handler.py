@@ -132,7 +132,9 @@ def test_a_message_the_consumer_skipped_is_read_again_before_later_ones(
     asyncio.run(handler.handle(messages[:100]))
     # message 150 is lost on its way to the stream; 151.. arrive
     outcome = asyncio.run(handler.handle(messages[100:150] + messages[151:]))
-    assert sought == [(1, 150)]
+    # sought back to the hole (again after the held messages: a fetcher can undo a seek
+    # made while it hands out a batch)
+    assert set(sought) == {(1, 150)}
     assert outcome.held == list(range(50, 99))  # not acked: they come again
     assert sink.reports == []
     # the seek delivers 150 onwards; late copies of the old fetch are skipped

@@ -150,3 +150,23 @@ def test_compare_command_finds_the_drifted_column_and_sets_the_exit_code(tmp_pat
     )  # fmt: skip
     assert missing.returncode == 2
     assert "no column 'nope'" in missing.stderr
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_frames_come_in_event_time_order_across_ranges(tmp_path: Path, shuffle: bool) -> None:
+    rng = np.random.default_rng(8)
+    n = 5_000
+    frame = pl.DataFrame(
+        {
+            "ts": T0 + rng.integers(0, 40, n) * 60_000,
+            "seq": np.arange(n),
+            "amount": rng.normal(size=n),
+        }
+    ).sort("ts", maintain_order=True)  # many events share a time: the order must be stable
+    if shuffle:
+        frame = frame.sample(fraction=1.0, shuffle=True, seed=2)
+    frame.write_parquet(tmp_path / "ev.parquet", row_group_size=700)
+    got = pl.concat(frames([tmp_path / "ev.parquet"], rows=300, rows_in_memory=1_000))
+    assert got.height == n
+    # in order, and events at the same time in the order of the file
+    assert got["seq"].to_list() == frame.sort("ts", maintain_order=True)["seq"].to_list()
