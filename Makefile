@@ -17,7 +17,7 @@ WHEEL_DIR := target/wheels
 export OPENBLAS_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help system setup develop demo demo-core test test-rust test-python prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-integrations bench-outcomes bench-rust clean
+.PHONY: help system setup develop demo demo-core test test-rust test-python faults prom-check kafka-up kafka-down lint format wheel wheel-check bench bench-stream bench-replay bench-hooks bench-integrations bench-outcomes bench-rust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,13 +42,16 @@ demo: setup  ## the main job: Kafka, MLflow, worker, dispatcher, receiver, servi
 demo-core: setup  ## drift_core alone: references, drifting windows, figures (no Kafka)
 	$(PY) -m drift_core.demo
 
-test: system $(STAMP) lint test-rust wheel-check test-python prom-check  ## set up and run every check CI runs
+test: system $(STAMP) lint test-rust wheel-check test-python faults prom-check  ## set up and run every check CI runs
 
 test-rust:  ## Rust unit tests of the pure core (no Python)
 	cargo test -q --no-default-features
 
 test-python: $(STAMP)  ## pytest against the wheel in .venv, integration tests on a real local Kafka (exit 5 = no tests = failure)
-	DRIFTLINE_EXPECT_INSTALLED=1 $(VENV)/bin/pytest -q
+	DRIFTLINE_EXPECT_INSTALLED=1 $(VENV)/bin/pytest -q --ignore=tests/faults
+
+faults: $(STAMP)  ## fault suite on real brokers (hostile input, kills, broker restarts, load, secrets); DRIFTLINE_FAULTS_SCALE=full for full size
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/faults
 
 
 prom-check: $(STAMP)  ## export the shipped rules for Prometheus, then promtool check rules + test rules

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,17 +86,21 @@ class Receiver:
         return web.json_response({"id": event_id, "status": "accepted"})
 
     async def _run(self, body: bytes) -> bool:
+        # the command has no use for the webhook secret: it gets the environment without
+        # it, and its error output is logged with the secret blotted out all the same
+        secret = self._secret.decode(errors="replace")
+        env = {k: v for k, v in os.environ.items() if v != secret}
         proc = await asyncio.create_subprocess_exec(
             *self.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         _, err = await proc.communicate(body)
         if proc.returncode != 0:
-            log.error(
-                "command exited with %s: %s", proc.returncode, err.decode(errors="replace")[-500:]
-            )
+            text = err.decode(errors="replace").replace(secret, "[secret]")
+            log.error("command exited with %s: %s", proc.returncode, text[-500:])
         return proc.returncode == 0
 
 

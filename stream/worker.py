@@ -699,7 +699,8 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         @app.agent(outcomes_topic, name="driftline-outcomes")
         async def join(stream: Any) -> None:
             async for batch in stream.noack_take(kafka.batch_size, within=kafka.batch_within):
-                messages = [(e.message.partition, e.message.offset, e.value) for e in batch]
+                # a tombstone's value is None: dead-lettered like an empty message
+                messages = [(e.message.partition, e.message.offset, e.value or b"") for e in batch]
                 held = set(await handler.handle_outcomes(messages))
                 for position, event in enumerate(batch):
                     if position not in held:
