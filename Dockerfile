@@ -2,7 +2,7 @@
 # `rules export-prometheus`, `replay`, ...). docker-compose.yml builds it.
 
 # Stage 1: build the wheel (Rust core + the four Python packages) with maturin.
-FROM rust:1.87-slim-bookworm AS build
+FROM rust:1.89-slim-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*

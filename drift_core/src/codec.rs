@@ -98,9 +98,13 @@ impl Writer {
         }
     }
     pub fn varints(&mut self, vs: &[u64]) {
+        self.varints_from(vs.iter().copied());
+    }
+    /// Same bytes as `varints`, from any counts (u32 counts widen losslessly).
+    pub fn varints_from(&mut self, vs: impl ExactSizeIterator<Item = u64>) {
         self.varint(vs.len() as u64);
         for v in vs {
-            self.varint(*v);
+            self.varint(v);
         }
     }
     pub fn str(&mut self, s: &str) {

@@ -9,7 +9,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use crate::compare::{self as cmp, CategoricalComparison, NumericComparison};
+use crate::compare::{self as cmp, Comparison, Pair};
 use crate::error::DriftError;
 use crate::sketch::categorical as cat;
 use crate::sketch::numeric as num;
@@ -442,7 +442,7 @@ impl NumericSketch {
     /// Count per slot: inside bin j, at edge j, ..., above every edge.
     #[getter]
     fn slots<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        PyArray1::from_slice(py, self.inner.slots())
+        PyArray1::from_vec(py, self.inner.slots())
     }
     #[getter]
     fn n(&self) -> u64 {
@@ -709,16 +709,6 @@ impl QuantileSketch {
 
 // ---------------------------------------------------------------------------- compare
 
-enum Pair<'a> {
-    Numeric(&'a num::NumericReference, &'a num::NumericSketch),
-    Categorical(&'a cat::CategoricalReference, &'a cat::CategoricalSketch),
-}
-
-enum Figures {
-    Numeric(NumericComparison),
-    Categorical(CategoricalComparison),
-}
-
 /// Borrowed sides of one comparison; the guards keep the sketches borrowed.
 enum Borrowed<'py> {
     Numeric(Bound<'py, NumericReference>, PyRef<'py, NumericSketch>),
@@ -761,17 +751,10 @@ fn borrow_pair<'py>(
     )))
 }
 
-fn run(pair: &Pair<'_>) -> Result<Figures, DriftError> {
-    Ok(match *pair {
-        Pair::Numeric(r, s) => Figures::Numeric(cmp::compare_numeric(r, s)?),
-        Pair::Categorical(r, s) => Figures::Categorical(cmp::compare_categorical(r, s)?),
-    })
-}
-
-fn figures_dict<'py>(py: Python<'py>, f: &Figures) -> PyResult<Bound<'py, PyDict>> {
+fn figures_dict<'py>(py: Python<'py>, f: &Comparison) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match f {
-        Figures::Numeric(c) => {
+        Comparison::Numeric(c) => {
             d.set_item(intern!(py, "kind"), "numeric")?;
             d.set_item(intern!(py, "n"), c.n)?;
             d.set_item(intern!(py, "missing"), c.missing)?;
@@ -794,7 +777,7 @@ fn figures_dict<'py>(py: Python<'py>, f: &Figures) -> PyResult<Bound<'py, PyDict
             d.set_item(intern!(py, "reference_mean"), c.reference_mean)?;
             d.set_item(intern!(py, "reference_std"), c.reference_std)?;
         }
-        Figures::Categorical(c) => {
+        Comparison::Categorical(c) => {
             d.set_item(intern!(py, "kind"), "categorical")?;
             d.set_item(intern!(py, "n"), c.n)?;
             d.set_item(intern!(py, "missing"), c.missing)?;
@@ -822,7 +805,7 @@ fn compare<'py>(
     sketch: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let borrowed = borrow_pair(reference, sketch)?;
-    figures_dict(reference.py(), &run(&borrowed.pair())?)
+    figures_dict(reference.py(), &borrowed.pair().compare()?)
 }
 
 /// Compares many (reference, sketch) pairs in one call, without the GIL.
@@ -836,8 +819,7 @@ fn compare_many<'py>(
         .map(|(r, s)| borrow_pair(r, s))
         .collect::<PyResult<_>>()?;
     let views: Vec<Pair<'_>> = borrowed.iter().map(Borrowed::pair).collect();
-    let out: Vec<Result<Figures, DriftError>> =
-        detach_if(py, views.len() * 1024, || views.iter().map(run).collect());
+    let out = detach_if(py, views.len() * 1024, || cmp::compare_many(&views));
     out.into_iter().map(|f| figures_dict(py, &f?)).collect()
 }
 
@@ -851,12 +833,17 @@ fn update_many(
     let np = py.import("numpy")?;
     let kwargs = PyDict::new(py);
     kwargs.set_item("dtype", np.getattr("float64")?)?;
-    let arr = np
+    let obj = np
         .call_method("asarray", (matrix,), Some(&kwargs))
         .map_err(|e| InvalidInputError::new_err(format!("matrix must hold numbers: {e}")))?;
-    let arr: PyReadonlyArray2<'_, f64> = arr.extract().map_err(|_| {
-        InvalidInputError::new_err("matrix must be a 2-D array of shape (rows, features)")
-    })?;
+    let not_2d =
+        || InvalidInputError::new_err("matrix must be a 2-D array of shape (rows, features)");
+    let mut arr: PyReadonlyArray2<'_, f64> = obj.extract().map_err(|_| not_2d())?;
+    if !arr.is_c_contiguous() && !arr.is_fortran_contiguous() {
+        // a strided view: one copy in row-major order
+        let copy = np.call_method1("ascontiguousarray", (&obj,))?;
+        arr = copy.extract().map_err(|_| not_2d())?;
+    }
     let view = arr.as_array();
     if view.ncols() != sketches.len() {
         return Err(InvalidInputError::new_err(format!(
@@ -878,21 +865,21 @@ fn update_many(
             (&mut g.inner, &*g.reference)
         })
         .collect();
-    let size = view.len();
-    detach_if(py, size, || -> Result<(), DriftError> {
-        let mut scratch = Vec::with_capacity(view.nrows());
-        for (j, (sketch, reference)) in targets.iter_mut().enumerate() {
-            let col = view.column(j);
-            match col.as_slice() {
-                Some(s) => sketch.update(reference, s)?,
-                None => {
-                    scratch.clear();
-                    scratch.extend(col.iter().copied());
-                    sketch.update(reference, &scratch)?;
-                }
-            }
+    let rows = view.nrows();
+    detach_if(py, view.len(), || {
+        if rows == 0 {
+            return Ok(());
         }
-        Ok(())
+        if let Some(row_major) = view.as_slice() {
+            return num::update_many_rows(&mut targets, row_major);
+        }
+        if let Some(column_major) = view.t().to_slice() {
+            let columns: Vec<&[f64]> = column_major.chunks_exact(rows).collect();
+            return num::update_many(&mut targets, &columns);
+        }
+        // the copy above leaves no other layout; should one slip through, copy again
+        let row_major: Vec<f64> = view.iter().copied().collect();
+        num::update_many_rows(&mut targets, &row_major)
     })?;
     Ok(())
 }

@@ -10,11 +10,18 @@
 //! continuous data) and is 0 when either side has nothing between edges — always the case
 //! for data with at most `bins` distinct values, each of which becomes an edge. PSI bins
 //! are reference deciles (by default) and a subset of the edges, so one pass fills both.
+//!
+//! Window sketches count in 16 bits while they hold at most 65,535 values, then in 32 and
+//! beyond 2^32 - 1 values in 64 bits, so no count is ever clipped; the wire format writes
+//! every width as the same varints. A reference keeps the zeroed count buffers of dropped
+//! sketches for the next window's sketches (see `SlotPool`).
+
+use std::sync::{Arc, Mutex};
 
 use crate::codec::{Kind, Reader, Writer};
 use crate::error::{invalid, DriftError, Result};
-use crate::sketch::binning::BinIndex;
-use crate::sketch::Fingerprint;
+use crate::sketch::binning::{BinIndex, Counter, Tally};
+use crate::sketch::{prefetch_line, Fingerprint, Prefetch};
 
 pub const DEFAULT_BINS: usize = 1024;
 pub const DEFAULT_PSI_BINS: usize = 10;
@@ -25,17 +32,15 @@ const CHUNK: usize = 2048;
 pub struct NumericReference {
     bins: u32,
     psi_bins: u32,
-    /// Sorted, distinct edges (may include ±inf when the reference holds them).
-    edges: Vec<f64>,
     /// Reference count per slot: between edges / at edge, 2m + 1 slots (no NaN slot).
     slots: Vec<u64>,
     /// Reference count per bin (e[j-1], e[j]], m + 1 bins.
     counts: Vec<u64>,
-    /// Reference CDF after each slot (2m + 1 entries; the last is 1).
-    cdf: Vec<f64>,
-    /// For each bin, the PSI bin it belongs to.
-    psi_of_bin: Vec<u32>,
+    /// Cumulative counts for the comparison walk (see `Cumulative`).
+    cumulative: Cumulative,
     psi_edges: Vec<f64>,
+    /// Position of each PSI edge among the edges.
+    psi_index: Vec<u32>,
     psi_counts: Vec<u64>,
     n: u64,
     missing: u64,
@@ -43,6 +48,87 @@ pub struct NumericReference {
     ks_bound: f64,
     fingerprint: Fingerprint,
     index: BinIndex,
+    pool: Arc<SlotPool>,
+}
+
+/// Reference counts strictly below each edge (m entries) and up to each edge included,
+/// after a leading 0 (m + 1 entries), in the narrowest of 16, 32 and 64 bits that holds
+/// the reference's size: fewer bytes for every comparison to read.
+#[derive(Debug, Clone)]
+pub enum Cumulative {
+    Small { below: Vec<u16>, upto: Vec<u16> },
+    Narrow { below: Vec<u32>, upto: Vec<u32> },
+    Wide { below: Vec<u64>, upto: Vec<u64> },
+}
+
+/// Zeroed count buffers of dropped sketches, handed to new ones. A window's sketches are
+/// created and dropped together; without the pool each window would take fresh memory
+/// from the allocator, a page fault per 4 KiB, every time.
+pub struct SlotPool {
+    len: usize,
+    small: Mutex<Vec<Box<[u16]>>>,
+    narrow: Mutex<Vec<Box<[u32]>>>,
+}
+
+/// Buffers of each width a pool keeps at most (per reference, at the default resolution:
+/// 8 x 4 KiB and 8 x 8 KiB).
+const POOL_CAP: usize = 8;
+
+impl SlotPool {
+    fn new(len: usize) -> Self {
+        SlotPool {
+            len,
+            small: Mutex::new(Vec::new()),
+            narrow: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A zeroed buffer of `len` counts.
+    fn take<T: Pooled>(&self) -> Box<[T]> {
+        let reused = T::list(self).lock().ok().and_then(|mut f| f.pop());
+        reused.unwrap_or_else(|| vec![T::default(); self.len].into_boxed_slice())
+    }
+
+    fn give<T: Pooled>(&self, mut buf: Box<[T]>) {
+        if buf.len() != self.len {
+            return;
+        }
+        if let Ok(mut free) = T::list(self).lock() {
+            if free.len() < POOL_CAP {
+                buf.fill(T::default());
+                free.push(buf);
+            }
+        }
+    }
+}
+
+/// Count widths the pool keeps.
+trait Pooled: Copy + Default {
+    fn list(pool: &SlotPool) -> &Mutex<Vec<Box<[Self]>>>;
+}
+
+impl Pooled for u16 {
+    fn list(pool: &SlotPool) -> &Mutex<Vec<Box<[u16]>>> {
+        &pool.small
+    }
+}
+
+impl Pooled for u32 {
+    fn list(pool: &SlotPool) -> &Mutex<Vec<Box<[u32]>>> {
+        &pool.narrow
+    }
+}
+
+impl std::fmt::Debug for SlotPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let small = self.small.lock().map(|v| v.len()).unwrap_or(0);
+        let narrow = self.narrow.lock().map(|v| v.len()).unwrap_or(0);
+        write!(
+            f,
+            "SlotPool {{ len: {}, free: {small} + {narrow} }}",
+            self.len
+        )
+    }
 }
 
 /// Count, extremes and sums over the non-missing values (sums over the finite ones).
@@ -280,45 +366,57 @@ impl NumericReference {
         moments: Moments,
     ) -> Result<Self> {
         let n: u64 = slots.iter().sum();
+        let m = edges.len();
         let counts: Vec<u64> = slots.chunks(2).map(|c| c.iter().sum()).collect();
         let ks_bound = slots.iter().step_by(2).copied().max().unwrap_or(0) as f64 / n as f64;
-        let mut below = 0u64;
-        let cdf: Vec<f64> = slots
+        let (mut below, mut upto) = (Vec::with_capacity(m), Vec::with_capacity(m + 1));
+        let mut cum = 0u64;
+        upto.push(0);
+        for pair in slots[..2 * m].chunks_exact(2) {
+            below.push(cum + pair[0]);
+            cum += pair[0] + pair[1];
+            upto.push(cum);
+        }
+        // PSI bin p is (psi_edges[p-1], psi_edges[p]]: whole bins, as the PSI edges are edges
+        let psi_index: Vec<u32> = psi_edges
             .iter()
-            .map(|c| {
-                below += c;
-                below as f64 / n as f64
-            })
+            .map(|p| edges.partition_point(|e| e < p) as u32)
             .collect();
-        let mut psi_of_bin = Vec::with_capacity(counts.len());
-        let mut p = 0u32;
-        for j in 0..counts.len() {
-            // bin j = (e[j-1], e[j]]: its PSI bin is the number of PSI edges <= e[j-1]
-            if j > 0 {
-                while (p as usize) < psi_edges.len() && psi_edges[p as usize] <= edges[j - 1] {
-                    p += 1;
-                }
+        let mut psi_counts = Vec::with_capacity(psi_edges.len() + 1);
+        let mut done = 0u64;
+        for &k in &psi_index {
+            psi_counts.push(upto[k as usize + 1] - done);
+            done = upto[k as usize + 1];
+        }
+        psi_counts.push(n - done);
+        let cumulative = if n <= u16::MAX as u64 {
+            Cumulative::Small {
+                below: below.iter().map(|&c| c as u16).collect(),
+                upto: upto.iter().map(|&c| c as u16).collect(),
             }
-            psi_of_bin.push(p);
-        }
-        let mut psi_counts = vec![0u64; psi_edges.len() + 1];
-        for (j, c) in counts.iter().enumerate() {
-            psi_counts[psi_of_bin[j] as usize] += c;
-        }
+        } else if n <= u32::MAX as u64 {
+            Cumulative::Narrow {
+                below: below.iter().map(|&c| c as u32).collect(),
+                upto: upto.iter().map(|&c| c as u32).collect(),
+            }
+        } else {
+            Cumulative::Wide { below, upto }
+        };
         let mut w = Writer::new(Kind::NumericReference);
         w.f64s(&edges);
         w.varints(&slots);
         let fingerprint = xxhash_rust::xxh3::xxh3_64(&w.finish());
+        // the index keeps the edges (sorted, distinct, ±inf when the reference holds them)
         let index = BinIndex::new(&edges);
+        let pool = Arc::new(SlotPool::new(slots.len() + 1));
         Ok(NumericReference {
             bins,
             psi_bins,
-            edges,
             slots,
             counts,
-            cdf,
-            psi_of_bin,
+            cumulative,
             psi_edges,
+            psi_index,
             psi_counts,
             n,
             missing,
@@ -326,19 +424,20 @@ impl NumericReference {
             ks_bound,
             fingerprint,
             index,
+            pool,
         })
     }
 
     pub fn edges(&self) -> &[f64] {
-        &self.edges
+        self.index.edges()
     }
     /// Reference count per bin (e[j-1], e[j]].
     pub fn counts(&self) -> &[u64] {
         &self.counts
     }
-    /// Reference CDF after each slot.
-    pub fn cdf(&self) -> &[f64] {
-        &self.cdf
+    /// Cumulative reference counts below and up to each edge.
+    pub fn cumulative(&self) -> &Cumulative {
+        &self.cumulative
     }
     /// Reference count per slot (2m + 1: inside bin j, at edge j, ..., above every edge).
     pub fn slots(&self) -> &[u64] {
@@ -350,8 +449,9 @@ impl NumericReference {
     pub fn psi_counts(&self) -> &[u64] {
         &self.psi_counts
     }
-    pub fn psi_of_bin(&self) -> &[u32] {
-        &self.psi_of_bin
+    /// Position of each PSI edge among the edges.
+    pub fn psi_index(&self) -> &[u32] {
+        &self.psi_index
     }
     pub fn n(&self) -> u64 {
         self.n
@@ -378,11 +478,30 @@ impl NumericReference {
         &self.index
     }
 
+    /// Queues what a comparison with this reference reads for prefetching.
+    pub(crate) fn prefetch_compare(&self, pf: &mut Prefetch) {
+        match &self.cumulative {
+            Cumulative::Small { below, upto } => {
+                pf.add(below);
+                pf.add(upto);
+            }
+            Cumulative::Narrow { below, upto } => {
+                pf.add(below);
+                pf.add(upto);
+            }
+            Cumulative::Wide { below, upto } => {
+                pf.add(below);
+                pf.add(upto);
+            }
+        }
+        pf.add(self.edges());
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new(Kind::NumericReference);
         w.u32(self.bins);
         w.u32(self.psi_bins);
-        w.f64s(&self.edges);
+        w.f64s(self.edges());
         w.varints(&self.slots);
         w.f64s(&self.psi_edges);
         w.varint(self.missing);
@@ -425,64 +544,181 @@ fn strictly_increasing(v: &[f64]) -> bool {
 }
 
 /// Counts of one window's values in the slots of one reference, plus moments.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NumericSketch {
     fingerprint: Fingerprint,
     /// 2m + 2 slots; the last one counts NaN (missing).
-    slots: Vec<u64>,
+    counts: Counts,
+    /// Values counted, NaN included.
+    total: u64,
     moments: Moments,
+    pool: Arc<SlotPool>,
 }
+
+/// Counts in the narrowest width that holds `total` (so that none can overflow): 16 bits
+/// up to 65,535 values, 32 bits up to 2^32 - 1, 64 bits beyond. Small windows are the
+/// common case, and half the bytes are half the memory traffic of a window report.
+#[derive(Debug, Clone)]
+enum Counts {
+    Small(Box<[u16]>),
+    Narrow(Box<[u32]>),
+    Wide(Box<[u64]>),
+}
+
+/// A sketch's counts per slot, without the NaN slot (2m + 1, aligned with the reference's).
+pub enum SlotCounts<'a> {
+    Small(&'a [u16]),
+    Narrow(&'a [u32]),
+    Wide(&'a [u64]),
+}
+
+/// A wide sketch counts at most this many values in 32 bits before adding them to its
+/// 64-bit counts.
+const WIDE_FLUSH: usize = 1 << 31;
 
 impl NumericSketch {
     pub fn new(reference: &NumericReference) -> Self {
         NumericSketch {
             fingerprint: reference.fingerprint,
-            slots: vec![0; reference.slots.len() + 1],
+            counts: Counts::Small(reference.pool.take()),
+            total: 0,
             moments: Moments::default(),
+            pool: reference.pool.clone(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.counts {
+            Counts::Small(c) => c.len(),
+            Counts::Narrow(c) => c.len(),
+            Counts::Wide(c) => c.len(),
         }
     }
 
     fn check(&self, reference: &NumericReference) -> Result<()> {
-        if self.fingerprint != reference.fingerprint
-            || self.slots.len() != reference.slots.len() + 1
-        {
-            return Err(DriftError::Mismatch(format!(
-                "this sketch was made for reference {:016x}, not for reference {:016x}",
-                self.fingerprint, reference.fingerprint
-            )));
+        check_fits(self.fingerprint, self.len(), reference)
+    }
+
+    /// Widens the counts, if needed, to hold `total` values.
+    fn make_room(&mut self, total: u64) {
+        let counts = match &self.counts {
+            Counts::Small(c) if total > u16::MAX as u64 => {
+                if total > u32::MAX as u64 {
+                    Counts::Wide(c.iter().map(|&v| v as u64).collect())
+                } else {
+                    let mut wider: Box<[u32]> = self.pool.take();
+                    for (w, v) in wider.iter_mut().zip(c.iter()) {
+                        *w = *v as u32;
+                    }
+                    Counts::Narrow(wider)
+                }
+            }
+            Counts::Narrow(c) if total > u32::MAX as u64 => {
+                Counts::Wide(c.iter().map(|&v| v as u64).collect())
+            }
+            _ => return,
+        };
+        match std::mem::replace(&mut self.counts, counts) {
+            Counts::Small(buf) => self.pool.give(buf),
+            Counts::Narrow(buf) => self.pool.give(buf),
+            Counts::Wide(_) => {}
         }
-        Ok(())
     }
 
     /// Adds a batch of values (NaN = missing, ±inf land in the outer bins).
     pub fn update(&mut self, reference: &NumericReference, values: &[f64]) -> Result<()> {
+        self.update_with(reference, values, &mut Prefetch::default())
+    }
+
+    /// `update`, issuing the prefetches queued in `pf` as it goes.
+    fn update_with(
+        &mut self,
+        reference: &NumericReference,
+        values: &[f64],
+        pf: &mut Prefetch,
+    ) -> Result<()> {
         self.check(reference)?;
-        let index = &reference.index;
-        for chunk in values.chunks(CHUNK) {
-            index.count_raw(chunk, &mut self.slots);
-            let nan = self.moments.add(chunk);
-            index.move_nan(&mut self.slots, nan);
+        self.make_room(self.total + values.len() as u64);
+        let mut batch = Batch {
+            counter: reference.index.counter(values.len()),
+            moments: &mut self.moments,
+            pf,
+        };
+        match &mut self.counts {
+            Counts::Small(slots) => batch.count(values, slots),
+            Counts::Narrow(slots) => batch.count(values, slots),
+            Counts::Wide(slots) => {
+                let mut part_counts: Box<[u32]> = self.pool.take();
+                for part in values.chunks(WIDE_FLUSH) {
+                    batch.count(part, &mut part_counts);
+                    for (w, p) in slots.iter_mut().zip(part_counts.iter_mut()) {
+                        *w += *p as u64;
+                        *p = 0;
+                    }
+                }
+                self.pool.give(part_counts);
+            }
         }
+        self.total += values.len() as u64;
         Ok(())
     }
 
     pub fn merge(&mut self, other: &NumericSketch) -> Result<()> {
-        if other.fingerprint != self.fingerprint || other.slots.len() != self.slots.len() {
+        if other.fingerprint != self.fingerprint || other.len() != self.len() {
             return Err(DriftError::Mismatch(format!(
                 "cannot merge sketches of different references ({:016x} and {:016x})",
                 self.fingerprint, other.fingerprint
             )));
         }
-        for (a, b) in self.slots.iter_mut().zip(&other.slots) {
-            *a += b;
+        let Some(total) = self.total.checked_add(other.total) else {
+            return invalid("merging these sketches would overflow their 64-bit counts");
+        };
+        // at least as wide as `other` (which is as narrow as its own total allows)
+        let other_needs = match other.counts {
+            Counts::Small(_) => 0,
+            Counts::Narrow(_) => u16::MAX as u64 + 1,
+            Counts::Wide(_) => u32::MAX as u64 + 1,
+        };
+        self.make_room(total.max(other_needs));
+        match (&mut self.counts, &other.counts) {
+            (Counts::Small(a), Counts::Small(b)) => add_into(a, b),
+            (Counts::Narrow(a), Counts::Small(b)) => add_into(a, b),
+            (Counts::Narrow(a), Counts::Narrow(b)) => add_into(a, b),
+            (Counts::Wide(a), Counts::Small(b)) => add_into(a, b),
+            (Counts::Wide(a), Counts::Narrow(b)) => add_into(a, b),
+            (Counts::Wide(a), Counts::Wide(b)) => add_into(a, b),
+            _ => unreachable!("widened to `other`'s width above"),
         }
+        self.total = total;
         self.moments.merge(&other.moments);
         Ok(())
     }
 
+    /// Count per slot, without the NaN slot.
+    pub fn slot_counts(&self) -> SlotCounts<'_> {
+        match &self.counts {
+            Counts::Small(c) => SlotCounts::Small(&c[..c.len() - 1]),
+            Counts::Narrow(c) => SlotCounts::Narrow(&c[..c.len() - 1]),
+            Counts::Wide(c) => SlotCounts::Wide(&c[..c.len() - 1]),
+        }
+    }
+    /// Count of slot `i` (the NaN slot last).
+    fn count(&self, i: usize) -> u64 {
+        match &self.counts {
+            Counts::Small(c) => c[i] as u64,
+            Counts::Narrow(c) => c[i] as u64,
+            Counts::Wide(c) => c[i],
+        }
+    }
+    /// Every count, the NaN slot last.
+    fn all_counts(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        (0..self.len()).map(|i| self.count(i))
+    }
     /// Count per slot, without the NaN slot (2m + 1, aligned with the reference's slots).
-    pub fn slots(&self) -> &[u64] {
-        &self.slots[..self.slots.len() - 1]
+    pub fn slots(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.all_counts().collect();
+        v.pop();
+        v
     }
     /// Count per bin (e[j-1], e[j]].
     pub fn counts(&self) -> Vec<u64> {
@@ -490,10 +726,10 @@ impl NumericSketch {
     }
     /// Non-missing values seen.
     pub fn n(&self) -> u64 {
-        self.slots().iter().sum()
+        self.total - self.missing()
     }
     pub fn missing(&self) -> u64 {
-        self.slots[self.slots.len() - 1]
+        self.count(self.len() - 1)
     }
     pub fn moments(&self) -> &Moments {
         &self.moments
@@ -502,10 +738,19 @@ impl NumericSketch {
         self.fingerprint
     }
 
+    /// Queues the counts for prefetching.
+    pub(crate) fn prefetch(&self, pf: &mut Prefetch) {
+        match &self.counts {
+            Counts::Small(c) => pf.add(c),
+            Counts::Narrow(c) => pf.add(c),
+            Counts::Wide(c) => pf.add(c),
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new(Kind::NumericSketch);
         w.u64(self.fingerprint);
-        w.varints(&self.slots);
+        w.varints_from(self.all_counts());
         self.moments.write(&mut w);
         w.finish()
     }
@@ -515,22 +760,140 @@ impl NumericSketch {
         let fingerprint = r.u64()?;
         let slots = r.varints()?;
         let moments = Moments::read(&mut r)?;
-        if slots
-            .iter()
-            .try_fold(0u64, |a, b| a.checked_add(*b))
-            .is_none()
-        {
+        let Some(total) = slots.iter().try_fold(0u64, |a, b| a.checked_add(*b)) else {
             return r.malformed("counts overflow");
-        }
-        r.finish()?;
-        let s = NumericSketch {
-            fingerprint,
-            slots,
-            moments,
         };
-        s.check(reference)?;
-        Ok(s)
+        r.finish()?;
+        check_fits(fingerprint, slots.len(), reference)?;
+        let mut sketch = NumericSketch::new(reference);
+        sketch.make_room(total);
+        match &mut sketch.counts {
+            Counts::Small(c) => c.iter_mut().zip(&slots).for_each(|(c, s)| *c = *s as u16),
+            Counts::Narrow(c) => c.iter_mut().zip(&slots).for_each(|(c, s)| *c = *s as u32),
+            Counts::Wide(c) => c.copy_from_slice(&slots),
+        }
+        sketch.total = total;
+        sketch.moments = moments;
+        Ok(sketch)
     }
+}
+
+/// What one `update` call counts with.
+struct Batch<'a> {
+    counter: Counter<'a>,
+    moments: &'a mut Moments,
+    pf: &'a mut Prefetch,
+}
+
+impl Batch<'_> {
+    /// Counts `values` into `slots` and adds them to the moments, a chunk at a time.
+    /// With prefetches queued, counts in pieces and issues some after each piece.
+    fn count<C: Tally>(&mut self, values: &[f64], slots: &mut [C]) {
+        const PIECE: usize = 128;
+        let (piece, per_piece) = match self.pf.lines() {
+            0 => (CHUNK, 0),
+            lines => (PIECE, lines.div_ceil(values.len().div_ceil(PIECE).max(1))),
+        };
+        for chunk in values.chunks(CHUNK) {
+            for part in chunk.chunks(piece) {
+                self.pf.issue(per_piece);
+                self.counter.count_raw(part, slots);
+            }
+            let nan = self.moments.add(chunk);
+            self.counter.move_nan(slots, nan);
+        }
+    }
+}
+
+fn check_fits(fingerprint: Fingerprint, len: usize, reference: &NumericReference) -> Result<()> {
+    if fingerprint != reference.fingerprint || len != reference.slots.len() + 1 {
+        return Err(DriftError::Mismatch(format!(
+            "this sketch was made for reference {fingerprint:016x}, not for reference {:016x}",
+            reference.fingerprint
+        )));
+    }
+    Ok(())
+}
+
+fn add_into<A: Copy + std::ops::AddAssign + From<B>, B: Copy>(a: &mut [A], b: &[B]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += A::from(*y);
+    }
+}
+
+impl Drop for NumericSketch {
+    fn drop(&mut self) {
+        match &mut self.counts {
+            Counts::Small(buf) => self.pool.give(std::mem::take(buf)),
+            Counts::Narrow(buf) => self.pool.give(std::mem::take(buf)),
+            Counts::Wide(_) => {}
+        }
+    }
+}
+
+impl PartialEq for NumericSketch {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+            && self.total == other.total
+            && self.moments == other.moments
+            && self.all_counts().eq(other.all_counts())
+    }
+}
+
+/// Updates sketch j with `columns[j]`, loading the next sketch's and reference's data
+/// while it counts the current one (a window report updates many cold sketches).
+pub fn update_many(
+    targets: &mut [(&mut NumericSketch, &NumericReference)],
+    columns: &[&[f64]],
+) -> Result<()> {
+    assert_eq!(targets.len(), columns.len());
+    let mut pf = Prefetch::default();
+    for j in 0..targets.len() {
+        if let Some((next, next_ref)) = targets.get(j + 1) {
+            next_ref.index.prefetch(columns[j + 1].len(), &mut pf);
+            next.prefetch(&mut pf);
+        }
+        let (sketch, reference) = &mut targets[j];
+        sketch.update_with(reference, columns[j], &mut pf)?;
+        pf.issue(usize::MAX);
+    }
+    Ok(())
+}
+
+/// `update_many` with the columns of a row-major matrix of `targets.len()` columns. It
+/// gathers a block of columns at a time, which reads each row's cache lines once, and
+/// loads the next block's part of each row while it gathers the current one.
+pub fn update_many_rows(
+    targets: &mut [(&mut NumericSketch, &NumericReference)],
+    data: &[f64],
+) -> Result<()> {
+    const BLOCK: usize = 16;
+    let cols = targets.len();
+    if cols == 0 {
+        return Ok(());
+    }
+    assert_eq!(data.len() % cols, 0, "a whole number of rows");
+    let rows = data.len() / cols;
+    if rows == 0 {
+        return Ok(());
+    }
+    let mut scratch = vec![0.0; rows * BLOCK.min(cols)];
+    for (j0, block) in (0..).step_by(BLOCK).zip(targets.chunks_mut(BLOCK)) {
+        let width = block.len();
+        // one f64 in eight starts a cache line (or nearly)
+        let next = (j0 + width..cols).step_by(8).take(BLOCK / 8);
+        for (i, row) in data.chunks_exact(cols).enumerate() {
+            for j in next.clone() {
+                prefetch_line(&row[j]);
+            }
+            for (k, v) in row[j0..j0 + width].iter().enumerate() {
+                scratch[k * rows + i] = *v;
+            }
+        }
+        let columns: Vec<&[f64]> = scratch.chunks_exact(rows).take(width).collect();
+        update_many(block, &columns)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -566,7 +929,117 @@ mod tests {
         let mut s = NumericSketch::new(&r);
         s.update(&r, &v).unwrap();
         assert_eq!(s.slots(), r.slots());
+
         assert!(r.ks_bound() <= 1.0 / 1024.0 + 1e-12);
+    }
+
+    #[test]
+    fn counts_widen_without_loss() {
+        let mut rng = Rng::new(3);
+        let v: Vec<f64> = (0..70_000).map(|_| rng.normal()).collect();
+        let r = NumericReference::build(&v[..5000], 64, 10).unwrap();
+        let (mut a, mut b, mut whole) = (
+            NumericSketch::new(&r),
+            NumericSketch::new(&r),
+            NumericSketch::new(&r),
+        );
+        a.update(&r, &v[..60_000]).unwrap();
+        b.update(&r, &v[60_000..]).unwrap();
+        whole.update(&r, &v).unwrap();
+        assert!(matches!(a.slot_counts(), SlotCounts::Small(_)));
+        assert!(matches!(whole.slot_counts(), SlotCounts::Narrow(_)));
+        a.merge(&b).unwrap();
+        assert!(matches!(a.slot_counts(), SlotCounts::Narrow(_)));
+        assert_eq!(a.slots(), whole.slots());
+        assert_eq!((a.n(), a.missing()), (whole.n(), whole.missing()));
+        // beyond 2^32 - 1 values: 64-bit counts (from bytes rather than counted)
+        let mut big: Vec<u64> = whole.all_counts().collect();
+        big[3] += 5_000_000_000;
+        let mut w = Writer::new(Kind::NumericSketch);
+        w.u64(r.fingerprint());
+        w.varints(&big);
+        whole.moments.write(&mut w);
+        let wide = NumericSketch::from_bytes(&w.finish(), &r).unwrap();
+        assert!(matches!(wide.slot_counts(), SlotCounts::Wide(_)));
+        assert_eq!(wide.n(), whole.n() + 5_000_000_000);
+        assert_eq!(
+            NumericSketch::from_bytes(&wide.to_bytes(), &r).unwrap(),
+            wide
+        );
+        let mut merged = whole.clone();
+        merged.merge(&wide).unwrap();
+        assert!(matches!(merged.slot_counts(), SlotCounts::Wide(_)));
+        assert_eq!(merged.n(), 2 * whole.n() + 5_000_000_000);
+        merged.update(&r, &v[..10]).unwrap();
+        assert_eq!(merged.n(), 2 * whole.n() + 5_000_000_010);
+        let got = crate::compare::compare_numeric(&r, &merged).unwrap();
+        assert!(got.ks > 0.4 && got.ks < 1.0, "{got:?}");
+    }
+
+    #[test]
+    fn references_beyond_u32_compare_like_their_shape() {
+        let mut rng = Rng::new(4);
+        let v: Vec<f64> = (0..5000).map(|_| rng.normal()).collect();
+        let x: Vec<f64> = (0..3000).map(|_| rng.normal() + 0.1).collect();
+        let r = NumericReference::build(&v, 256, 10).unwrap();
+        // the same shape with every count times 2^22: more than 2^32 values
+        let scaled: Vec<u64> = r.slots().iter().map(|c| c << 22).collect();
+        let big = NumericReference::assemble(
+            256,
+            10,
+            r.edges().to_vec(),
+            scaled,
+            r.psi_edges().to_vec(),
+            0,
+            *r.moments(),
+        )
+        .unwrap();
+        assert!(matches!(big.cumulative(), Cumulative::Wide { .. }));
+        let (mut s, mut sb) = (NumericSketch::new(&r), NumericSketch::new(&big));
+        s.update(&r, &x).unwrap();
+        sb.update(&big, &x).unwrap();
+        let (a, b) = (
+            crate::compare::compare_numeric(&r, &s).unwrap(),
+            crate::compare::compare_numeric(&big, &sb).unwrap(),
+        );
+        assert!((a.ks - b.ks).abs() < 1e-12, "{a:?} {b:?}");
+        assert!((a.ks_bound - b.ks_bound).abs() < 1e-12);
+        assert!((a.psi - b.psi).abs() < 1e-9);
+        assert!((a.wasserstein - b.wasserstein).abs() < 1e-9);
+    }
+
+    #[test]
+    fn batch_updates_equal_single_ones_and_pooled_buffers_start_at_zero() {
+        let mut rng = Rng::new(5);
+        let refs: Vec<NumericReference> = (0..37)
+            .map(|j| {
+                let v: Vec<f64> = (0..3000).map(|_| rng.normal() * (1 + j) as f64).collect();
+                NumericReference::build(&v, 256, 10).unwrap()
+            })
+            .collect();
+        let (rows, cols) = (1500, refs.len());
+        let mut data: Vec<f64> = (0..rows * cols).map(|_| rng.cauchy()).collect();
+        data[7 * cols + 3] = f64::NAN;
+        for round in 0..3 {
+            // rounds 1 and 2 take the buffers the previous round's sketches gave back
+            let mut by_rows: Vec<NumericSketch> = refs.iter().map(NumericSketch::new).collect();
+            let mut by_columns: Vec<NumericSketch> = refs.iter().map(NumericSketch::new).collect();
+            let columns: Vec<Vec<f64>> = (0..cols)
+                .map(|j| data.iter().skip(j).step_by(cols).copied().collect())
+                .collect();
+            let mut targets: Vec<_> = by_rows.iter_mut().zip(&refs).collect();
+            update_many_rows(&mut targets, &data).unwrap();
+            let slices: Vec<&[f64]> = columns.iter().map(|c| &c[..]).collect();
+            let mut targets: Vec<_> = by_columns.iter_mut().zip(&refs).collect();
+            update_many(&mut targets, &slices).unwrap();
+            for j in 0..cols {
+                let mut single = NumericSketch::new(&refs[j]);
+                single.update(&refs[j], &columns[j]).unwrap();
+                assert_eq!(by_rows[j], single, "round {round}, column {j}");
+                assert_eq!(by_columns[j], single, "round {round}, column {j}");
+                assert_eq!(single.n() + single.missing(), rows as u64);
+            }
+        }
     }
 
     #[test]
