@@ -11,6 +11,7 @@ redelivery carries the same CloudEvent id: receivers drop duplicates).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import random
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from prometheus_client import CollectorRegistry, Counter
 
 from alerts.signing import signed_headers
@@ -113,11 +115,19 @@ class Dispatcher:
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 while not self._stop.is_set():
                     batch = await consumer.getmany(timeout_ms=500)
-                    for tp, records in batch.items():
-                        for record in records:
-                            await self._deliver(http, producer, record.value or b"", record.key)
-                            # commit this message only now: delivered, or dead-lettered
-                            await consumer.commit({tp: record.offset + 1})
+                    try:
+                        for tp, records in batch.items():
+                            for record in records:
+                                body, key = record.value or b"", record.key
+                                await self._deliver(http, producer, body, key)
+                                # commit this message only now: delivered, or dead-lettered
+                                await consumer.commit({tp: record.offset + 1})
+                    except CommitFailedError:
+                        # the group went on without this member (a broker restart can
+                        # expire it): the consumer rejoins and reads again from the last
+                        # commit, so this event comes again (receivers drop it by id) and
+                        # the rest of the batch is left for then
+                        log.warning("offset commit refused after a rebalance; reading again")
         except _StoppingError:
             pass  # the message in flight stays uncommitted: redelivered on restart
         finally:
@@ -189,7 +199,25 @@ class Dispatcher:
                 "event": body.decode(errors="replace"),
             }
         ).encode()
-        await producer.send_and_wait(self.settings.dlq_topic, value=record, key=key)
+        for attempt in itertools.count():
+            try:
+                await producer.send_and_wait(self.settings.dlq_topic, value=record, key=key)
+                break
+            except KafkaError as exc:
+                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                    raise
+                # Kafka is unreachable (a broker restart): the event stays uncommitted
+                # until its dead letter is written, so keep trying until told to stop
+                s = self.settings
+                delay = backoff(min(attempt, 30), s.base_delay_s, s.max_delay_s, self.rng)
+                log.warning(
+                    "dead letter not written (%s); retry in %.1f s", type(exc).__name__, delay
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                except TimeoutError:
+                    continue
+                raise _StoppingError from None
         self.dead += 1
         self.metrics.events.labels("dead_lettered").inc()
         log.error("retrain event dead-lettered: %s", reason)

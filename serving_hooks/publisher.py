@@ -240,11 +240,15 @@ class _Core:
             envelopes: list[tuple[bytes, bytes]] = []
             kept: list[dict[str, Any]] = []
             outcomes: list[tuple[bytes, bytes]] = []
+            # the events of each message, in the order the messages are sent
+            groups: list[list[dict[str, Any]]] = []
+            outcome_groups: list[list[dict[str, Any]]] = []
             for event in taken:
                 if event.get("schema") == OUTCOME_SCHEMA:  # one message each, model key
                     try:
                         outcomes.append((event["model"].encode(), _encoder.encode(event)))
                         kept.append(event)
+                        outcome_groups.append([event])
                     except Exception:
                         self.metrics.dropped.labels("bad_input").inc()
                     continue
@@ -255,21 +259,30 @@ class _Core:
                     if good:
                         envelopes.append((model.encode(), body))
                         kept.extend(good)
+                        groups.append(good)
             taken = kept
+            groups += outcome_groups
+            futures: list[asyncio.Future[Any]] = []
             try:
-                futures = [
-                    await producer.send(config.topic, value=body, key=key)
-                    for key, body in envelopes
-                ]
-                futures += [
-                    await producer.send(config.outcomes_topic, value=body, key=key)
-                    for key, body in outcomes
-                ]
+                for key, body in envelopes:
+                    futures.append(await producer.send(config.topic, value=body, key=key))
+                for key, body in outcomes:
+                    futures.append(await producer.send(config.outcomes_topic, value=body, key=key))
                 await asyncio.gather(*futures)
                 self.metrics.sent.inc(len(taken))
             except Exception as exc:
                 self.metrics.errors.inc()
                 log.warning("driftline hook send failed (%s); will retry", type(exc).__name__)
+                # only what Kafka did not acknowledge goes back to the queue: an envelope
+                # sent again after its ack would have its events counted twice
+                acks = await asyncio.gather(*futures, return_exceptions=True)
+                taken = [
+                    event
+                    for i, group in enumerate(groups)
+                    if i >= len(acks) or isinstance(acks[i], BaseException)
+                    for event in group
+                ]
+                self.metrics.sent.inc(len(kept) - len(taken))
                 room = config.max_queue - len(self.queue)
                 keep = taken[:room] if room > 0 else []
                 self.queue.extendleft(reversed(keep))

@@ -339,6 +339,7 @@ def test_hooks_replay_worker_and_dispatcher_work_over_sasl_ssl(
     assert f"published {n:,} events" in replay_out
 
     def three_reports() -> list[dict[str, Any]] | None:
+        assert worker.poll() is None, status()
         got = [
             json.loads(v) for v in consume(secure.bootstrap, topics["reports"], secure.security())
         ]
