@@ -410,6 +410,17 @@ def test_stream_and_replay_give_the_same_quality(
         assert same(q) == same(streamed[start])
     quality_alerts = sorted(a["alert_id"] for a in result.alerts if a["rule"] == "acc")
     assert quality_alerts == sorted(a["alert_id"] for a in sink.sent["alerts"])
+    # the --json document with its quality reports keeps to the documented schema
+    import jsonschema
+
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs/replay.schema.json").read_text()
+    )
+    jsonschema.validate(json.loads(json.dumps(result.to_json())), schema)
+    broken = json.loads(json.dumps(result.to_json()))
+    broken["quality"][0]["labelled"] = -1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
 
 
 def test_an_outcome_before_its_prediction_waits_for_it(
