@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.localkafka import LocalKafka
-from tests.integration.conftest import REPO, free_port, setup, start_worker
+from tests.integration.conftest import local_broker, setup, start_worker
 
 __all__ = ["kafka", "setup", "start_worker"]  # setup and start_worker: the integration suite's
 
@@ -30,16 +30,7 @@ __all__ = ["kafka", "setup", "start_worker"]  # setup and start_worker: the inte
 def kafka() -> Iterator[LocalKafka]:
     """The fault suite's own broker (the integration suite's fixture, under another
     instance name, so that both suites can run in one session)."""
-    broker = LocalKafka(
-        home=Path(os.environ.get("DRIFTLINE_KAFKA_HOME", REPO / ".kafka")),
-        name=f"pytest-faults-{os.getpid()}",
-        port=free_port(),
-        controller_port=free_port(),
-    )
-    broker.up()
-    yield broker
-    broker.down()
-    broker.wipe()
+    yield from local_broker("pytest-faults")
 
 
 #: what a worker log shows when something crashed: a traceback, or Faust restarting an

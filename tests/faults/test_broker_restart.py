@@ -47,11 +47,11 @@ from stream.events import decode
 from stream.localkafka import LocalKafka
 from tests.fuzzing import FULL, scaled
 from tests.integration.conftest import (
-    REPO,
     Setup,
     consume_all,
     free_port,
     group_state,
+    local_broker,
     wait_for,
 )
 
@@ -85,16 +85,7 @@ if int(event["data"]["report_id"].split("/")[2]) >= held_from:
 def kafka() -> Iterator[LocalKafka]:
     """This module's own broker (overrides the suite's for ``setup``): it is stopped and
     killed here, which the broker other tests share must never be."""
-    broker = LocalKafka(
-        home=Path(os.environ.get("DRIFTLINE_KAFKA_HOME", REPO / ".kafka")),
-        name=f"pytest-restart-{os.getpid()}",
-        port=free_port(),
-        controller_port=free_port(),
-    )
-    broker.up()
-    yield broker
-    broker.down()
-    broker.wipe()
+    yield from local_broker("pytest-restart")
 
 
 def record_figures(name: str, figures: dict[str, Any]) -> None:

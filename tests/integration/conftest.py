@@ -36,9 +36,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[LocalKafka]:
+    yield from local_broker("pytest")
+
+
+def local_broker(name: str) -> Iterator[LocalKafka]:
+    """A broker of the project's own on free ports, wiped afterwards (fixtures yield
+    from it; the instance name keeps suites that run together apart)."""
     broker = LocalKafka(
         home=Path(os.environ.get("DRIFTLINE_KAFKA_HOME", REPO / ".kafka")),
-        name=f"pytest-{os.getpid()}",
+        name=f"{name}-{os.getpid()}",
         port=free_port(),
         controller_port=free_port(),
     )

@@ -29,8 +29,8 @@ from stream.replay import ReplayResult, frames, replay
 from stream.windows import WindowSpec
 
 from .conftest import T0
+from .test_replay import HOUR, run, table
 
-HOUR = 3_600_000
 MINUTE = 60_000
 SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "replay.schema.json"
 
@@ -147,30 +147,6 @@ def test_grace_decides_whether_a_late_alert_still_counts() -> None:
 
 
 # --- on a real replay, and from the command line -----------------------------------------
-
-
-def table(n: int, rng: np.random.Generator, start: int, shift: float = 0.0) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "ts": [start + int(i * HOUR / n) for i in range(n)],
-            "model": ["fraud"] * n,
-            "model_version": ["3"] * n,
-            "event_id": [f"{start}-{i}" for i in range(n)],
-            "amount": rng.lognormal(3 + shift, 0.5, n),
-            "country": rng.choice(["DE", "FR", "NL"], n).tolist(),
-            "prediction": rng.uniform(size=n),
-            "latency_ms": rng.lognormal(2, 0.3, n),
-            "status": ["ok"] * n,
-        }
-    )
-
-
-def run(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_replay_scores_incidents_and_sweeps_from_the_command_line(tmp_path: Path) -> None:
