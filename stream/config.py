@@ -84,12 +84,20 @@ class KafkaConfig(_Strict):
     retrain_topic: str = "driftline.retrain"
     outcomes_topic: str = "driftline.outcomes"
     quality_topic: str = "driftline.quality"
+    state_topic: str = Field(
+        default="",
+        description="compacted topic of the workers' saved state (default: <group>.state)",
+    )
     partitions: int = Field(default=4, ge=1)
     batch_size: int = Field(default=5_000, ge=1, description="events taken per batch")
     batch_within: float = Field(default=0.5, gt=0, description="seconds to wait for a batch")
     security: KafkaSecurity = Field(
         default_factory=KafkaSecurity, description="SASL and TLS of every Kafka client"
     )
+
+    @property
+    def state_topic_name(self) -> str:
+        return self.state_topic or f"{self.group}.state"
 
 
 class OutcomesConfig(_Strict):

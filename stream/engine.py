@@ -270,7 +270,7 @@ class _WindowState(msgspec.Struct):
 
 
 class ModelState(msgspec.Struct):
-    """What survives a restart for one model (stored in the worker's changelogged table)."""
+    """What survives a restart for one model (saved on the worker's state topic)."""
 
     max_ts: int | None = None
     late_since_report: int = 0

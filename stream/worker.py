@@ -1,16 +1,17 @@
 """The faust-streaming worker: consumes ``driftline.events`` in batches, feeds the window
-engine, publishes WindowReports and dead letters, keeps state in a changelogged table.
+engine, publishes WindowReports and dead letters, keeps each model's state on a compacted
+topic (stream.state).
 
 Delivery is at least once with idempotent effects: each model's state (open windows'
-sketches, watermark) is written to the table after every batch together with the offset
-of the last message it includes, so a restarted worker that is handed messages again
-skips those already in the state; reports carry deterministic ids.
+sketches, watermark) is written after every batch, and acknowledged by Kafka before the
+batch is, together with the offset of the last message it includes, so a worker that is
+handed messages again (restart, takeover) skips those already in the state; reports carry
+deterministic ids.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import tempfile
 import time
@@ -35,6 +36,7 @@ from stream.outcomes import (
     decode_outcome,
     infer_task,
 )
+from stream.state import MAX_STATE_BYTES, KafkaState
 
 log = logging.getLogger("driftline.worker")
 
@@ -155,8 +157,7 @@ class Handler:
     metrics: WorkerMetrics
     send_report: Any  # async (key: bytes, value: bytes) -> None
     send_dlq: Any  # async (value: bytes) -> None
-    load_state: Any  # (model) -> bytes | None
-    save_state: Any  # (model, bytes) -> None
+    state: Any  # stream.state.KafkaState or MemoryState: async load(partition), save(items)
     rules: RuleEngine | None = None
     send_alert: Any = None  # async (key: bytes, value: bytes) -> None
     send_retrain: Any = None  # async (key: bytes, value: bytes) -> None
@@ -166,6 +167,11 @@ class Handler:
     outcomes: Outcomes | None = None
     partition_of: dict[str, int] = field(default_factory=dict)
     _loaded: set[str] = field(default_factory=set)
+    #: partitions whose saved states were read; the states not restored yet, by model
+    _read: set[int] = field(default_factory=set)
+    _stored: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    #: models changed since their state was last written
+    _dirty: dict[str, None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._limits = self.config.limits.limits()
@@ -173,26 +179,36 @@ class Handler:
         # revocation landing mid-batch would otherwise save a half-forgotten state
         self.lock = asyncio.Lock()
 
-    def _ensure_loaded(self, model: str) -> None:
+    async def _ensure_loaded(self, model: str, partition: int) -> None:
         if model in self._loaded:
             return
-        saved = self.load_state(model)
-        if saved:
-            state = _saved_decoder.decode(saved)
-            self.engine.restore(model, state.windows)
-            if self.rules is not None and state.rules:
-                self.rules.restore(state.rules, model)
-            if self.outcomes is not None:
-                if state.quality:
-                    self.outcomes.book.restore(model, state.quality)
-                if state.quality_rules:
-                    self.outcomes.rules.restore(state.quality_rules, model)
-                self.outcomes.offsets[model] = dict(state.outcome_offsets)
-                if state.waiting_outcomes:
-                    self.outcomes.waiting[model] = list(state.waiting_outcomes)
+        if partition not in self._read:
+            for name, data in (await self.state.load(partition)).items():
+                self._stored.setdefault(name, (partition, data))
+            self._read.add(partition)
+        self.partition_of[model] = partition
         self._loaded.add(model)
+        stored = self._stored.pop(model, None)
+        if stored is None:
+            return
+        state = _saved_decoder.decode(stored[1])
+        self.engine.restore(model, state.windows)
+        if self.rules is not None and state.rules:
+            self.rules.restore(state.rules, model)
+        if self.outcomes is not None:
+            if state.quality:
+                self.outcomes.book.restore(model, state.quality)
+            if state.quality_rules:
+                self.outcomes.rules.restore(state.quality_rules, model)
+            self.outcomes.offsets[model] = dict(state.outcome_offsets)
+            if state.waiting_outcomes:
+                self.outcomes.waiting[model] = list(state.waiting_outcomes)
 
     def _save(self, model: str) -> None:
+        """Marks a model's state to be written at the end of the batch."""
+        self._dirty[model] = None
+
+    def _snapshot(self, model: str) -> bytes:
         rules = self.rules.snapshot(model) if self.rules is not None else b""
         saved = _Saved(self.engine.snapshot(model), rules)
         side = self.outcomes
@@ -205,7 +221,16 @@ class Handler:
             saved.quality_rules = side.rules.snapshot(model)
             saved.outcome_offsets = side.offsets.get(model, {})
             saved.waiting_outcomes = side.waiting.get(model, [])
-        self.save_state(model, _saved_encoder.encode(saved))
+        return _saved_encoder.encode(saved)
+
+    async def _write_states(self) -> None:
+        """Writes the changed models' states and waits for Kafka's acknowledgement: the
+        batch's messages are acknowledged only after this."""
+        if not self._dirty:
+            return
+        items = [(self.partition_of[m], m, self._snapshot(m)) for m in self._dirty]
+        self._dirty.clear()
+        await self.state.save(items)
 
     async def revoke(self, partitions: set[int]) -> None:
         """Drops state of models whose partitions go to another worker, once the batch in
@@ -229,12 +254,19 @@ class Handler:
                     self.outcomes.offsets.pop(model, None)
                     self.outcomes.waiting.pop(model, None)
                 self._loaded.discard(model)
+                self._dirty.pop(model, None)
                 del self.partition_of[model]
+        self._read -= partitions
+        for model, (partition, _) in list(self._stored.items()):
+            if partition in partitions:
+                del self._stored[model]
 
     async def handle(self, messages: Sequence[tuple[int, int, bytes]]) -> Outcome:
         """Processes (partition, offset, value) messages; returns what the engine did."""
         async with self.lock:
-            return await self._handle(messages)
+            outcome = await self._handle(messages)
+            await self._write_states()
+            return outcome
 
     async def _handle(self, messages: Sequence[tuple[int, int, bytes]]) -> Outcome:
         started = time.perf_counter()
@@ -268,7 +300,7 @@ class Handler:
                 key = (event.model, partition)
                 last = last_offsets.get(key)
                 if last is None:
-                    self._ensure_loaded(event.model)
+                    await self._ensure_loaded(event.model, partition)
                     last = self.engine.offsets(event.model).get(str(partition), -1)
                     last_offsets[key] = last
                 if offset <= last:
@@ -299,11 +331,10 @@ class Handler:
         touched: dict[str, int] = {}
         latest: dict[str, int] = {}
         counted: dict[str, int] = {}
-        for position, (event, (partition, offset)) in enumerate(zip(events, sources, strict=True)):
+        for position, (event, (_, offset)) in enumerate(zip(events, sources, strict=True)):
             if position in rejected:
                 continue
             model = event.model
-            self.partition_of[model] = partition
             if offset > touched.get(model, -1):
                 touched[model] = offset
             if event.ts > latest.get(model, 0):
@@ -367,7 +398,9 @@ class Handler:
     async def tick(self, now_ms: int | None = None) -> Outcome:
         """Closes windows of models that went quiet (called on a timer)."""
         async with self.lock:
-            return await self._tick(now_ms)
+            outcome = await self._tick(now_ms)
+            await self._write_states()
+            return outcome
 
     async def _tick(self, now_ms: int | None) -> Outcome:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -438,7 +471,9 @@ class Handler:
         """Joins (partition, offset, value) outcome messages to their predictions; returns
         the positions not to acknowledge (they come again after a seek)."""
         async with self.lock:
-            return await self._handle_outcomes(messages)
+            held = await self._handle_outcomes(messages)
+            await self._write_states()
+            return held
 
     async def _handle_outcomes(self, messages: Sequence[tuple[int, int, bytes]]) -> list[int]:
         side = self.outcomes
@@ -473,12 +508,11 @@ class Handler:
                 self.metrics.outcomes.labels("-", "unknown_model").inc()
                 await self._dead_letter(bad, topic, partition, offset)
                 continue
-            self._ensure_loaded(model)
+            await self._ensure_loaded(model, partition)
             done = side.offsets.setdefault(model, {})
             if offset <= done.get(str(partition), -1):
                 self.metrics.outcomes.labels(model, "redelivered").inc()
                 continue  # in the saved quality state already
-            self.partition_of.setdefault(model, partition)
             done[str(partition)] = offset
             batch.models.add(model)
             await self._join(outcome, (time.time(), partition, offset, value), batch)
@@ -542,6 +576,7 @@ class Handler:
                 await self._publish_quality(model, version, start)
         for model in batch.models:
             self._save(model)
+        await self._write_states()
         # marked only once the state that counts them is saved: a crash in between
         # redelivers the outcomes, which the saved offsets then skip
         side.pending.mark_joined(batch.joined)
@@ -589,7 +624,10 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         store="memory://",
         datadir=str(datadir or _temporary_datadir()),
         topic_partitions=kafka.partitions,
-        table_standby_replicas=0,
+        # Faust assigns with round robin when no table wants standbys, which splits the
+        # co-partitioned events and outcomes topics; this keeps its co-partitioning
+        # assignor (the app has no tables: its state is on the state topic)
+        table_standby_replicas=1,
         web_enabled=False,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
@@ -597,7 +635,7 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
-        producer_max_request_size=8 * 1024 * 1024,
+        producer_max_request_size=MAX_STATE_BYTES + 65_536,
     )
     events_topic = app.topic(kafka.events_topic, value_serializer="raw", key_serializer="raw")
     reports_topic = app.topic(kafka.reports_topic, value_serializer="raw", key_serializer="raw")
@@ -606,19 +644,6 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     retrain_topic = app.topic(kafka.retrain_topic, value_serializer="raw", key_serializer="raw")
     outcomes_topic = app.topic(kafka.outcomes_topic, value_serializer="raw", key_serializer="raw")
     quality_topic = app.topic(kafka.quality_topic, value_serializer="raw", key_serializer="raw")
-    # values are base64 text of the engine's msgpack snapshot: Faust's changelog recovery
-    # decodes values with the table's JSON codec whatever the declared type
-    state = app.Table(
-        "driftline-state",
-        default=None,
-        # bytes keys are written raw, so the producer's partitioner puts a model's state
-        # on the partition of its events (str keys would be JSON-quoted and land elsewhere)
-        key_type=bytes,
-        value_type=str,
-        partitions=kafka.partitions,
-        # the changelog partition of a model's state is its key's, as in the events topic
-        use_partitioner=True,
-    )
     metrics = WorkerMetrics()
     store = ReferenceStore(config)
     engine = WindowEngine(config.window.spec(), store)
@@ -659,12 +684,10 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
             wait_s=oc.wait / 1000,
         )
 
-    def save_state(model: str, data: bytes) -> None:
-        state[model.encode()] = base64.b64encode(data).decode()
+    async def send_state(topic: str, key: bytes, value: bytes, partition: int) -> Any:
+        return await app.producer.send(topic, key, value, partition, None, None)
 
-    def load_state(model: str) -> bytes | None:
-        text = state.get(model.encode())
-        return base64.b64decode(text) if text else None
+    state = KafkaState(kafka, kafka.state_topic_name, send_state)
 
     handler = Handler(
         config=config,
@@ -672,8 +695,7 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         metrics=metrics,
         send_report=send_report,
         send_dlq=send_dlq,
-        load_state=load_state,
-        save_state=save_state,
+        state=state,
         rules=RuleEngine(config.rule_set(), source=config.source),
         send_alert=send_alert,
         send_retrain=send_retrain,
@@ -727,6 +749,11 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
 
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
+    async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+        await state.stop()
+
+    app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
+
     @app.task
     async def report_unresolved() -> None:
         while True:
@@ -750,7 +777,7 @@ async def ensure_topics(config: MonitorConfig) -> None:
     await admin.start()
     try:
         # co-partitioned topics: a model's events, outcomes and state share a partition
-        keyed = [kafka.events_topic, kafka.outcomes_topic]
+        keyed = [kafka.events_topic, kafka.outcomes_topic, kafka.state_topic_name]
         existing = await admin.describe_topics(keyed)
         parts = {t["topic"]: len(t["partitions"]) for t in existing if not t["error_code"]}
         for topic in keyed:
@@ -758,7 +785,7 @@ async def ensure_topics(config: MonitorConfig) -> None:
             if have is not None and have != kafka.partitions:
                 raise StreamError(
                     f"topic {topic} has {have} partitions but the configuration says "
-                    f"{kafka.partitions}: the events and outcomes topics need "
+                    f"{kafka.partitions}: the events, outcomes and state topics need "
                     f"kafka.partitions partitions each"
                 )
         wanted = [
@@ -772,6 +799,11 @@ async def ensure_topics(config: MonitorConfig) -> None:
         ]
         topics = set(await admin.list_topics())
         new = [NewTopic(t, kafka.partitions, 1) for t in wanted if t not in topics]
+        if kafka.state_topic_name not in topics:
+            # one record per model, the newest kept: compacted; a model's state can be
+            # larger than the broker's default message size
+            compact = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_STATE_BYTES)}
+            new.append(NewTopic(kafka.state_topic_name, kafka.partitions, 1, topic_configs=compact))
         if new:
             await admin.create_topics(new)
     finally:

@@ -35,6 +35,7 @@ from stream.outcomes import (
     encode_outcome,
 )
 from stream.profiles import ModelProfile
+from stream.state import MemoryState
 from stream.worker import Handler, Outcomes
 
 T0 = 1_795_400_000_000
@@ -59,7 +60,7 @@ def handler(store: Path, ttl_ms: int) -> Handler:
     )
     ref = profile()
     engine = WindowEngine(config.window.spec(), lambda m, v: ref)
-    state: dict[str, bytes] = {}
+    state = MemoryState()
 
     async def nothing(*_: Any) -> None:
         return None
@@ -70,8 +71,7 @@ def handler(store: Path, ttl_ms: int) -> Handler:
         metrics=WorkerMetrics(),
         send_report=nothing,
         send_dlq=nothing,
-        load_state=state.get,
-        save_state=state.__setitem__,
+        state=state,
         outcomes=Outcomes(
             pending=PendingPredictions(store, ttl_ms),
             book=QualityBook(config.window.spec(), ttl_ms),

@@ -1,7 +1,7 @@
 """A worker killed with SIGKILL mid-window (and mid-batch, as far as timing allows) and
 restarted must publish the same window reports and retrain events as a worker that ran
-through: its state (open windows' sketches, watermark, rule episodes, offsets) lives in a
-changelogged Faust table and the restarted worker skips messages that state already
+through: its state (open windows' sketches, watermark, rule episodes, offsets) lives on the
+compacted state topic and the restarted worker skips messages that state already
 counts. A report or retrain event published again after a restart carries the same id
 and the same figures.
 """

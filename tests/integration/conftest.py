@@ -223,6 +223,30 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 1.0) -> list[bytes]
     return asyncio.run(run())
 
 
+def group_assignments(bootstrap: str, group: str) -> list[dict[str, set[int]]]:
+    """Each member's assigned partitions by topic (empty while the group rebalances)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    async def run() -> list[dict[str, set[int]]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+        groups = described[0].groups if described else []
+        members = groups[0][5] if groups else []
+        out = []
+        for member in members:  # (id, client id, host, metadata, assignment)
+            raw = member[4]
+            decoded = ConsumerProtocolMemberAssignment.decode(raw) if raw else None
+            out.append({t: set(ps) for t, ps in decoded.assignment} if decoded else {})
+        return out
+
+    return asyncio.run(run())
+
+
 def group_state(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
     """(members of the consumer group, messages of ``topic`` it has not committed yet)."""
     from aiokafka.admin import AIOKafkaAdminClient

@@ -36,7 +36,7 @@ def test_two_workers_share_partitions_and_one_takes_over(
 ) -> None:
     import yaml
 
-    from tests.integration.conftest import group_state
+    from tests.integration.conftest import group_assignments, group_state
 
     # four models over four partitions; windows close by watermark, not by idling
     config = yaml.safe_load(setup.config_path.read_text())
@@ -63,6 +63,18 @@ def test_two_workers_share_partitions_and_one_takes_over(
     start_worker("w1")
     w2 = start_worker("w2")
     wait_for(lambda: group_state(bootstrap, group, setup.events)[0] == 2, 90, "two group members")
+
+    def split() -> list[dict[str, set[int]]] | None:
+        members = group_assignments(bootstrap, group)
+        spread = [m.get(setup.events, set()) for m in members]
+        return members if len(members) == 2 and all(spread) else None
+
+    # each worker has the outcomes partitions of its events partitions (co-partitioned)
+    for member in wait_for(split, 60, "both workers assigned events partitions"):
+        assert (
+            member[setup.events]
+            == member[config["kafka"].get("outcomes_topic", "driftline.outcomes")]
+        ), member
     produce(bootstrap, setup.events, window_a[::2])  # half of window A, to both workers
     wait_for(
         lambda: group_state(bootstrap, group, setup.events)[1] == 0, 90, "the first half consumed"

@@ -13,6 +13,7 @@ from stream.engine import WindowEngine
 from stream.events import Event, encode_event
 from stream.metrics import WorkerMetrics
 from stream.profiles import ModelProfile
+from stream.state import MemoryState
 from stream.worker import Handler, Sequencer
 
 from .conftest import T0
@@ -32,7 +33,7 @@ class Sink:
         self.dlq.append(json.loads(value))
 
 
-def make_handler(profile: ModelProfile, state: dict[str, bytes], sink: Sink) -> Handler:
+def make_handler(profile: ModelProfile, state: MemoryState, sink: Sink) -> Handler:
     config = MonitorConfig.model_validate(
         {
             "window": {"size": "10m", "lateness": "0s", "idle_close": "1m"},
@@ -48,8 +49,7 @@ def make_handler(profile: ModelProfile, state: dict[str, bytes], sink: Sink) -> 
         metrics=WorkerMetrics(),
         send_report=sink.report,
         send_dlq=sink.dead,
-        load_state=state.get,
-        save_state=state.__setitem__,
+        state=state,
     )
 
 
@@ -59,7 +59,7 @@ def test_redelivered_messages_after_a_restart_are_not_counted_twice(
     profile = make_profile()
     messages = [(1, i, encode_event(make_event(ts=T0 + i * 1000))) for i in range(300)]
     closer = [(1, 300, encode_event(make_event(ts=T0 + 10 * MIN)))]
-    state: dict[str, bytes] = {}
+    state = MemoryState()
     sink = Sink()
     first = make_handler(profile, state, sink)
     asyncio.run(first.handle(messages[:200]))
@@ -74,11 +74,39 @@ def test_redelivered_messages_after_a_restart_are_not_counted_twice(
     assert sink.dlq == []
 
 
+def test_a_partition_given_back_is_read_again_from_the_saved_state(
+    make_profile: Callable[..., ModelProfile], make_event: Callable[..., Event]
+) -> None:
+    # worker A counts part of a window, loses the partition to B, which counts more and
+    # saves; when A is given the partition again it must start from B's state, not from
+    # what it had in memory
+    profile = make_profile()
+    messages = [(2, i, encode_event(make_event(ts=T0 + i * 1000))) for i in range(300)]
+    closer = [(2, 300, encode_event(make_event(ts=T0 + 10 * MIN)))]
+    state = MemoryState()
+    sink = Sink()
+    a = make_handler(profile, state, sink)
+    b = make_handler(profile, state, sink)
+    asyncio.run(a.handle(messages[:100]))
+    asyncio.run(a.revoke({2}))
+    asyncio.run(b.handle(messages[100:200]))
+    asyncio.run(b.revoke({2}))
+    # A remembers it read up to 99 and re-reads from 100 (Sequencer); the state it
+    # reads back already counts 100..199, which are skipped
+    asyncio.run(a.handle(messages[100:] + closer))
+    (report,) = sink.reports
+    assert report["rows"] == 300
+    assert a.metrics.duplicates.labels("fraud")._value.get() == 100
+    # a partition it never gave away is not read again: its newest state is its own
+    asyncio.run(a.handle([(3, 0, encode_event(make_event(ts=T0 + 11 * MIN)))]))
+    assert sorted(state.partitions) == [2]  # the model lives on partition 2 only
+
+
 def test_bad_messages_and_events_become_dead_letters(
     make_profile: Callable[..., ModelProfile], make_event: Callable[..., Event]
 ) -> None:
     sink = Sink()
-    handler = make_handler(make_profile(), {}, sink)
+    handler = make_handler(make_profile(), MemoryState(), sink)
     good = [encode_event(make_event(ts=T0 + i)) for i in range(10)]
     bad = [
         b"{oops",
@@ -109,7 +137,7 @@ def test_messages_handed_twice_in_one_batch_are_applied_once(
     messages = [(1, i, encode_event(make_event(ts=T0 + i * 1000))) for i in range(100)]
     closer = (1, 100, encode_event(make_event(ts=T0 + 10 * MIN)))
     sink = Sink()
-    handler = make_handler(make_profile(), {}, sink)
+    handler = make_handler(make_profile(), MemoryState(), sink)
     asyncio.run(handler.handle(messages[:51] + messages + [closer]))
     (report,) = sink.reports
     assert report["rows"] == 100
@@ -122,7 +150,7 @@ def test_a_message_the_consumer_skipped_is_read_again_before_later_ones(
     messages = [(1, i, encode_event(make_event(ts=T0 + i * 1000))) for i in range(200)]
     closer = (1, 200, encode_event(make_event(ts=T0 + 10 * MIN)))
     sink = Sink()
-    handler = make_handler(make_profile(), {}, sink)
+    handler = make_handler(make_profile(), MemoryState(), sink)
     sought: list[tuple[int, int]] = []
 
     async def seek(partition: int, offset: int) -> None:

@@ -40,6 +40,7 @@ from stream.outcomes import (
     reference_quality,
 )
 from stream.profiles import ModelProfile
+from stream.state import MemoryState
 from stream.windows import WindowSpec
 from stream.worker import Handler, Outcomes
 
@@ -264,15 +265,14 @@ def handler_with_outcomes(
         }
     )
     engine = WindowEngine(config.window.spec(), lambda m, v: profile if m == "fraud" else None)
-    state: dict[str, bytes] = {}
+    state = MemoryState()
     return Handler(
         config=config,
         engine=engine,
         metrics=WorkerMetrics(),
         send_report=sink.to("reports"),
         send_dlq=sink.to("dlq"),
-        load_state=state.get,
-        save_state=state.__setitem__,
+        state=state,
         send_alert=sink.to("alerts"),
         send_retrain=sink.to("retrain"),
         outcomes=Outcomes(
