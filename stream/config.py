@@ -88,6 +88,10 @@ class KafkaConfig(_Strict):
         default="",
         description="compacted topic of the workers' saved state (default: <group>.state)",
     )
+    pending_topic: str = Field(
+        default="",
+        description="log of the predictions waiting for outcomes (default: <group>.pending)",
+    )
     partitions: int = Field(default=4, ge=1)
     batch_size: int = Field(default=5_000, ge=1, description="events taken per batch")
     batch_within: float = Field(default=0.5, gt=0, description="seconds to wait for a batch")
@@ -98,6 +102,10 @@ class KafkaConfig(_Strict):
     @property
     def state_topic_name(self) -> str:
         return self.state_topic or f"{self.group}.state"
+
+    @property
+    def pending_topic_name(self) -> str:
+        return self.pending_topic or f"{self.group}.pending"
 
 
 class OutcomesConfig(_Strict):

@@ -161,6 +161,55 @@ def _unpack(value: bytes) -> tuple[bool, Pending]:
     return bool(joined), Pending(version, ts, prediction)
 
 
+#: a chunk of the pending-predictions log: magic, then (12-byte key, u16 length, value) rows
+_CHUNK_MAGIC = b"DLP\x01"
+#: largest chunk written: a batch's rows are split into pieces of at most this size
+CHUNK_BYTES = 1 << 20
+_U16 = struct.Struct("<H")
+
+
+def _applied_key(partition: int) -> bytes:
+    """The store's key of the log offset it has applied up to for a partition (13 bytes:
+    never a prediction's 12-byte key)."""
+    return b"\xff" * 9 + partition.to_bytes(4, "little")
+
+
+def encode_chunks(rows: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """Rows of the store as log records of at most ``CHUNK_BYTES`` each."""
+    chunks: list[bytes] = []
+    parts: list[bytes] = [_CHUNK_MAGIC]
+    size = len(_CHUNK_MAGIC)
+    for key, value in rows:
+        row = key + _U16.pack(len(value)) + value
+        if size + len(row) > CHUNK_BYTES and len(parts) > 1:
+            chunks.append(b"".join(parts))
+            parts, size = [_CHUNK_MAGIC], len(_CHUNK_MAGIC)
+        parts.append(row)
+        size += len(row)
+    if len(parts) > 1:
+        chunks.append(b"".join(parts))
+    return chunks
+
+
+def decode_chunk(chunk: bytes) -> list[tuple[bytes, bytes]]:
+    """The rows of one log record; ValueError if it is not one."""
+    if not chunk.startswith(_CHUNK_MAGIC):
+        raise ValueError("not a pending-predictions chunk")
+    rows = []
+    at, n = len(_CHUNK_MAGIC), len(chunk)
+    while at < n:
+        if at + 14 > n:
+            raise ValueError(f"chunk truncated at byte {at}")
+        key = chunk[at : at + 12]
+        (length,) = _U16.unpack_from(chunk, at + 12)
+        at += 14
+        if at + length > n or length < _HEAD.size + 1:
+            raise ValueError(f"chunk row at byte {at} is cut or too short")
+        rows.append((key, chunk[at : at + length]))
+        at += length
+    return rows
+
+
 class PendingPredictions:
     """Predictions waiting for their outcome: RocksDB under ``path`` (a dict when None).
 
@@ -185,27 +234,16 @@ class PendingPredictions:
             ttl_s = max(1, ttl_ms // 1000 + 86_400)
             self._db = Rdict(str(path), options, access_type=AccessType.with_ttl(ttl_s))
 
-    def put_many(self, items: Iterable[tuple[str, str, Pending]]) -> int:
-        """Adds (model, event_id, pending) entries; returns how many."""
-        if self._mem is not None:
-            before = len(self._mem)
-            for model, event_id, pending in items:
-                self._mem[_key(model, event_id)] = _pack(pending)
-            return len(self._mem) - before
-        from rocksdict import WriteBatch
+    def put_many(self, items: Iterable[tuple[str, str, Pending]]) -> list[tuple[bytes, bytes]]:
+        """Adds (model, event_id, pending) entries; returns the rows written."""
+        rows = [(_key(model, event_id), _pack(pending)) for model, event_id, pending in items]
+        self._write(rows)
+        return rows
 
-        batch = WriteBatch(raw_mode=True)
-        n = 0
-        for model, event_id, pending in items:
-            batch.put(_key(model, event_id), _pack(pending))
-            n += 1
-        if n:
-            self._db.write(batch)
-        return n
-
-    def put_events(self, events: Iterable[Any]) -> int:
+    def put_events(self, events: Iterable[Any]) -> list[tuple[bytes, bytes]]:
         """Adds the predictions of decoded events (``stream.events.Event``): the worker's
-        hot path, packed without intermediate objects."""
+        hot path, packed without intermediate objects; returns the rows written (for the
+        store's log)."""
         head, f64, versions = _HEAD.pack, _F64.pack, self._versions
         rows: list[tuple[bytes, bytes]] = []
         for e in events:
@@ -221,6 +259,10 @@ class PendingPredictions:
             else:
                 value = head(0, _NUMBER, e.ts) + v + f64(p)
             rows.append((_key(e.model, e.event_id), value))
+        self._write(rows)
+        return rows
+
+    def _write(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
         if self._mem is not None:
             self._mem.update(rows)
         elif rows:
@@ -230,7 +272,33 @@ class PendingPredictions:
             for k, value in rows:
                 batch.put(k, value)
             self._db.write(batch)
-        return len(rows)
+
+    def applied(self, partition: int) -> int:
+        """The log offset this store has applied up to for ``partition`` (0: none)."""
+        key = _applied_key(partition)
+        value = self._mem.get(key) if self._mem is not None else self._db.get(key)
+        return int.from_bytes(value, "little") if value else 0
+
+    def _applied_row(self, partition: int, offset: int) -> tuple[bytes, bytes]:
+        return _applied_key(partition), offset.to_bytes(8, "little")
+
+    def apply_chunk(self, partition: int, offset: int, chunk: bytes) -> int:
+        """Applies a log record (rows and the offset after it, in one write); returns
+        its rows, or -1 for a record that is not a chunk (skipped)."""
+        try:
+            rows = decode_chunk(chunk)
+        except ValueError:
+            rows, n = [], -1
+        else:
+            n = len(rows)
+        self._write([*rows, self._applied_row(partition, offset + 1)])
+        return n
+
+    def advance(self, partition: int, offset: int) -> None:
+        """Records that the store holds the log record at ``offset`` (one this worker
+        wrote), when it directly follows what the store applied before."""
+        if self.applied(partition) == offset:
+            self._write([self._applied_row(partition, offset + 1)])
 
     def find(
         self, model: str, event_id: str, newest_ts: int | None
@@ -247,22 +315,15 @@ class PendingPredictions:
             return "expired", pending
         return "joined", pending
 
-    def mark_joined(self, items: Iterable[tuple[str, str, Pending]]) -> None:
+    def mark_joined(self, items: Iterable[tuple[str, str, Pending]]) -> list[tuple[bytes, bytes]]:
         """Leaves a small marker for each joined prediction: a duplicated outcome is then
-        told apart from one for an unknown event."""
-        markers = (
+        told apart from one for an unknown event. Returns the rows written, in order."""
+        markers = [
             (_key(model, event_id), _pack(Pending(p.model_version, p.ts, None), joined=True))
             for model, event_id, p in items
-        )
-        if self._mem is not None:
-            self._mem.update(markers)
-            return
-        from rocksdict import WriteBatch
-
-        batch = WriteBatch(raw_mode=True)
-        for key, marker in markers:
-            batch.put(key, marker)
-        self._db.write(batch)
+        ]
+        self._write(markers)
+        return markers
 
     def disk_bytes(self) -> int:
         """Bytes of the store's table files (after a flush and compaction)."""

@@ -34,9 +34,10 @@ from stream.outcomes import (
     PendingPredictions,
     QualityBook,
     decode_outcome,
+    encode_chunks,
     infer_task,
 )
-from stream.state import MAX_STATE_BYTES, KafkaState
+from stream.state import MAX_STATE_BYTES, KafkaPendingLog, KafkaState
 
 log = logging.getLogger("driftline.worker")
 
@@ -139,6 +140,8 @@ class Outcomes:
     rules: QualityRuleEngine
     send_quality: Any  # async (key: bytes, value: bytes) -> None
     seek: Any = None  # async (partition, offset) -> None on the outcomes topic
+    #: the pending store's log (stream.state.KafkaPendingLog): None keeps the store local
+    log: Any = None
     sequencer: Sequencer = field(default_factory=Sequencer)
     #: model -> partition -> offset of the last outcome message in its quality state
     offsets: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -172,6 +175,8 @@ class Handler:
     _stored: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     #: models changed since their state was last written
     _dirty: dict[str, None] = field(default_factory=dict)
+    #: rows added to the pending store since they were last logged, by partition
+    _pending_rows: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._limits = self.config.limits.limits()
@@ -185,6 +190,7 @@ class Handler:
         if partition not in self._read:
             for name, data in (await self.state.load(partition)).items():
                 self._stored.setdefault(name, (partition, data))
+            await self._catch_up_pending(partition)
             self._read.add(partition)
         self.partition_of[model] = partition
         self._loaded.add(model)
@@ -223,14 +229,58 @@ class Handler:
             saved.waiting_outcomes = side.waiting.get(model, [])
         return _saved_encoder.encode(saved)
 
-    async def _write_states(self) -> None:
-        """Writes the changed models' states and waits for Kafka's acknowledgement: the
-        batch's messages are acknowledged only after this."""
-        if not self._dirty:
+    async def _catch_up_pending(self, partition: int) -> None:
+        """Replays the pending store's log of a partition this worker is given, from the
+        offset its store has applied: predictions made on another worker (or before a
+        restart without the data dir) can then be joined here."""
+        side = self.outcomes
+        if side is None or side.log is None:
             return
+        started = time.perf_counter()
+        start = side.pending.applied(partition)
+        bad: list[int] = []
+
+        def apply(offset: int, chunk: bytes) -> None:
+            if side.pending.apply_chunk(partition, offset, chunk) < 0:
+                bad.append(offset)
+
+        records, size = await side.log.replay(partition, start, apply)
+        if bad:
+            log.error("pending-predictions log partition %d: records %s skipped", partition, bad)
+        if records:
+            log.info(
+                "pending predictions of partition %d: %d records (%d bytes) from offset %d "
+                "replayed in %.0f ms",
+                partition,
+                records,
+                size,
+                start,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    def _log_pending(self, partition: int, rows: list[tuple[bytes, bytes]]) -> None:
+        if rows and self.outcomes is not None and self.outcomes.log is not None:
+            self._pending_rows.setdefault(partition, []).extend(rows)
+
+    async def _write_states(self) -> None:
+        """Writes the changed models' states (and the pending store's new rows to its
+        log) and waits for Kafka's acknowledgement: the batch's messages are acknowledged
+        only after this."""
         items = [(self.partition_of[m], m, self._snapshot(m)) for m in self._dirty]
         self._dirty.clear()
-        await self.state.save(items)
+        chunks = [
+            (partition, chunk)
+            for partition, rows in self._pending_rows.items()
+            for chunk in encode_chunks(rows)
+        ]
+        self._pending_rows = {}
+        side = self.outcomes
+        if chunks and side is not None and side.log is not None:
+            _, written = await asyncio.gather(self.state.save(items), side.log.save(chunks))
+            for partition, offset in written:
+                side.pending.advance(partition, offset)
+        elif items:
+            await self.state.save(items)
 
     async def revoke(self, partitions: set[int]) -> None:
         """Drops state of models whose partitions go to another worker, once the batch in
@@ -349,11 +399,12 @@ class Handler:
         if self.outcomes is not None:
             # the predictions wait for their labels (late events too: their window is
             # known, only their sketch update was refused)
-            self.outcomes.pending.put_events(
-                events
-                if not rejected
-                else [e for position, e in enumerate(events) if position not in rejected]
-            )
+            by_partition: dict[int, list[Event]] = {}
+            for position, (event, (partition, _)) in enumerate(zip(events, sources, strict=True)):
+                if position not in rejected:
+                    by_partition.setdefault(partition, []).append(event)
+            for partition, accepted in by_partition.items():
+                self._log_pending(partition, self.outcomes.pending.put_events(accepted))
         await self._publish(outcome)
         if self.outcomes is not None and self.outcomes.waiting:
             await self._retry_waiting([m for m in touched if m in self.outcomes.waiting])
@@ -579,7 +630,9 @@ class Handler:
         await self._write_states()
         # marked only once the state that counts them is saved: a crash in between
         # redelivers the outcomes, which the saved offsets then skip
-        side.pending.mark_joined(batch.joined)
+        markers = side.pending.mark_joined(batch.joined)
+        for (model, _, _), row in zip(batch.joined, markers, strict=True):
+            self._log_pending(self.partition_of[model], [row])
 
     async def _retry_waiting(self, models: Iterable[str]) -> None:
         """Tries again the outcomes that came before their predictions."""
@@ -669,6 +722,9 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
     async def send_quality(key: bytes, value: bytes) -> None:
         await quality_topic.send(key=key, value=value)
 
+    async def send_state(topic: str, key: bytes | None, value: bytes, partition: int) -> Any:
+        return await app.producer.send(topic, key, value, partition, None, None)
+
     outcomes = None
     if config.outcomes.enabled:
         oc = config.outcomes
@@ -682,10 +738,8 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
             send_quality=send_quality,
             seek=seek_outcomes,
             wait_s=oc.wait / 1000,
+            log=KafkaPendingLog(kafka, kafka.pending_topic_name, send_state),
         )
-
-    async def send_state(topic: str, key: bytes, value: bytes, partition: int) -> Any:
-        return await app.producer.send(topic, key, value, partition, None, None)
 
     state = KafkaState(kafka, kafka.state_topic_name, send_state)
 
@@ -751,6 +805,8 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
 
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         await state.stop()
+        if outcomes is not None and outcomes.log is not None:
+            await outcomes.log.stop()
 
     app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
 
@@ -777,7 +833,12 @@ async def ensure_topics(config: MonitorConfig) -> None:
     await admin.start()
     try:
         # co-partitioned topics: a model's events, outcomes and state share a partition
-        keyed = [kafka.events_topic, kafka.outcomes_topic, kafka.state_topic_name]
+        keyed = [
+            kafka.events_topic,
+            kafka.outcomes_topic,
+            kafka.state_topic_name,
+            kafka.pending_topic_name,
+        ]
         existing = await admin.describe_topics(keyed)
         parts = {t["topic"]: len(t["partitions"]) for t in existing if not t["error_code"]}
         for topic in keyed:
@@ -785,7 +846,7 @@ async def ensure_topics(config: MonitorConfig) -> None:
             if have is not None and have != kafka.partitions:
                 raise StreamError(
                     f"topic {topic} has {have} partitions but the configuration says "
-                    f"{kafka.partitions}: the events, outcomes and state topics need "
+                    f"{kafka.partitions}: the events, outcomes, state and pending topics need "
                     f"kafka.partitions partitions each"
                 )
         wanted = [
@@ -804,6 +865,13 @@ async def ensure_topics(config: MonitorConfig) -> None:
             # larger than the broker's default message size
             compact = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_STATE_BYTES)}
             new.append(NewTopic(kafka.state_topic_name, kafka.partitions, 1, topic_configs=compact))
+        if config.outcomes.enabled and kafka.pending_topic_name not in topics:
+            # records older than the outcomes' time to live (and a day's margin, as the
+            # store's own) hold only expired predictions
+            retention = {"retention.ms": str(config.outcomes.ttl + 86_400_000)}
+            new.append(
+                NewTopic(kafka.pending_topic_name, kafka.partitions, 1, topic_configs=retention)
+            )
         if new:
             await admin.create_topics(new)
     finally:

@@ -3,10 +3,12 @@
     python tests/benchmarks/bench_outcomes.py [--pending 1000000] [--outcomes 200000]
 
 Join rate: the worker's own outcome path (Handler.handle_outcomes: decode, offsets,
-RocksDB lookup, quality counts, state save, joined markers) on batches of 5000 outcome
-messages, against the floor of the same process decoding the same messages with msgspec
-alone, and against a join into a plain Python dict (no disk, no state). Size: bytes of
-RocksDB table files per pending prediction after a flush and compaction.
+RocksDB lookup, quality counts, state save, joined markers and their log records) on
+batches of 5000 outcome messages, against the floor of the same process decoding the
+same messages with msgspec alone, and against a join into a plain Python dict (no disk,
+no state). Size: bytes of RocksDB table files per pending prediction after a flush and
+compaction, and in the pending log; how fast that log replays into an empty store (a
+partition taken over).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from stream.outcomes import (
     Pending,
     PendingPredictions,
     QualityBook,
+    encode_chunks,
     encode_outcome,
 )
 from stream.profiles import ModelProfile
-from stream.state import MemoryState
+from stream.state import MemoryPendingLog, MemoryState
 from stream.worker import Handler, Outcomes
 
 T0 = 1_795_400_000_000
@@ -77,6 +80,7 @@ def handler(store: Path, ttl_ms: int) -> Handler:
             book=QualityBook(config.window.spec(), ttl_ms),
             rules=QualityRuleEngine(default_rules()),
             send_quality=nothing,
+            log=MemoryPendingLog(),
         ),
     )
 
@@ -97,15 +101,31 @@ def main() -> None:
         side = h.outcomes
         assert side is not None
         started = time.perf_counter()
+        chunks: list[bytes] = []
         for lo in range(0, n, 5_000):
-            side.pending.put_many(
+            rows = side.pending.put_many(
                 ("bench", ids[i], Pending("1", int(ts[i]), float(preds[i])))
                 for i in range(lo, min(n, lo + 5_000))
             )
+            chunks.extend(encode_chunks(rows))  # what the worker logs to Kafka per batch
         put_s = time.perf_counter() - started
         size = side.pending.disk_bytes()
-        print(f"pending predictions: {n:,} stored at {n / put_s:,.0f}/s")
+        print(f"pending predictions: {n:,} stored and logged at {n / put_s:,.0f}/s")
         print(f"  {size / n:.1f} bytes per pending prediction on disk (goal <= 100)")
+        logged = sum(map(len, chunks))
+        print(f"  {logged / n:.1f} bytes per pending prediction in the pending log")
+        # a worker given the partition replays the log into an empty store
+        fresh = PendingPredictions(tmp / "replayed", ttl_ms=7 * 24 * WINDOW)
+        started = time.perf_counter()
+        for offset, chunk in enumerate(chunks):
+            fresh.apply_chunk(0, offset, chunk)
+        replay_s = time.perf_counter() - started
+        assert fresh.find("bench", ids[-1], None)[0] == "joined"
+        fresh.close()
+        print(
+            f"  log replayed into an empty store: {n / replay_s:,.0f} predictions/s "
+            f"({logged / replay_s / 1e6:.0f} MB/s of log; Kafka reads not included)"
+        )
 
         m = min(args.outcomes, n)
         chosen = rng.choice(n, m, replace=False)

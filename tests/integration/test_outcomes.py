@@ -5,6 +5,7 @@ window; stream and replay give the same quality figures."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from subprocess import Popen
 from typing import Any
@@ -137,3 +138,58 @@ def test_labels_fill_in_window_quality_and_a_degraded_model_fires(
     assert sorted(a["alert_id"] for a in backtest.alerts if a["rule"] == "accuracy_drop") == sorted(
         x["alert_id"] for x in alerts if x["rule"] == "accuracy_drop"
     )
+
+
+def test_pending_predictions_follow_their_partition_to_another_worker(
+    setup: Setup, start_worker: Callable[..., Popen[bytes]]
+) -> None:
+    from .conftest import group_state
+
+    bootstrap = setup.kafka.bootstrap
+    outcomes_topic, quality_topic = f"{setup.prefix}.outcomes", f"{setup.prefix}.quality"
+    config = yaml.safe_load(setup.config_path.read_text())
+    config["kafka"].update(outcomes_topic=outcomes_topic, quality_topic=quality_topic)
+    config["outcomes"] = {"ttl": "30m", "wait": "1s"}
+    config["window"]["idle_close"] = "10m"
+    setup.config_path.write_text(yaml.safe_dump(config))
+    rng = np.random.default_rng(21)
+    t0 = base_ts()
+    a = window_events(t0, 400, rng)
+    closer = window_events(t0 + 2 * WINDOW + 90_000, 1, rng)
+    closer[0]["event_id"] = "closer"
+
+    def send(topic: str, values: list[bytes]) -> None:
+        produce(bootstrap, topic, [(b"fraud", v) for v in values])
+
+    # the first worker (a data dir of its own) sees the predictions, then is killed
+    first = start_worker("w1")
+    send(setup.events, [json.dumps(e).encode() for e in a])
+    group = config["kafka"]["group"]
+    wait_for(lambda: group_state(bootstrap, group, setup.events)[1] == 0, 90, "events consumed")
+    first.kill()
+    first.wait(timeout=30)
+    # the second worker, with an empty store, gets the labels
+    start_worker("w2")
+    labels = [
+        encode_outcome(Outcome(e["event_id"], "fraud", float(e["prediction"] >= 0.5), None))
+        for e in a
+    ]
+    send(outcomes_topic, labels)
+    send(setup.events, [json.dumps(e).encode() for e in closer])
+
+    def quality() -> dict[str, Any] | None:
+        got = [json.loads(v) for v in consume_all(bootstrap, quality_topic)]
+        done = [q for q in got if q["window_start_ms"] == t0 and q["labelled"] == 400]
+        return done[0] if done else None
+
+    def dead() -> list[str]:
+        return [json.loads(d)["reason"] for d in consume_all(bootstrap, setup.dlq)]
+
+    q = wait_for(
+        quality,
+        120,
+        "window A fully labelled on the second worker",
+        status=lambda: Counter(dead()),
+    )
+    assert (q["rows"], q["labelled_share"], q["quality"]["accuracy"]) == (400, 1.0, 1.0)
+    assert dead() == []

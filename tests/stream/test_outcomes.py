@@ -29,18 +29,21 @@ from stream.events import Event, Invalid, encode_event
 from stream.metrics import WorkerMetrics
 from stream.outcomes import (
     BINS,
+    CHUNK_BYTES,
     Outcome,
     Pending,
     PendingPredictions,
     QualityBook,
     QualityState,
+    decode_chunk,
     decode_outcome,
+    encode_chunks,
     encode_outcome,
     histogram_auc,
     reference_quality,
 )
 from stream.profiles import ModelProfile
-from stream.state import MemoryState
+from stream.state import MemoryPendingLog, MemoryState
 from stream.windows import WindowSpec
 from stream.worker import Handler, Outcomes
 
@@ -92,7 +95,7 @@ def test_pending_predictions_join_once_and_expire(tmp_path: Path, store: str) ->
         ("fraud", "c", Pending("4", T0 - 20 * MIN, 0.5)),
         ("churn", "a", Pending("1", T0, None)),
     ]
-    assert pending.put_many(items) == 4
+    assert len(pending.put_many(items)) == 4
     assert pending.find("fraud", "a", T0) == ("joined", Pending("3", T0, 0.25))
     assert pending.find("fraud", "b", T0) == ("joined", Pending("3", T0 + MIN, "yes"))
     assert pending.find("churn", "a", T0) == ("joined", Pending("1", T0, None))
@@ -253,7 +256,12 @@ class Sink:
 
 
 def handler_with_outcomes(
-    profile: ModelProfile, tmp_path: Path, sink: Sink, wait_s: float = 0.0
+    profile: ModelProfile,
+    tmp_path: Path,
+    sink: Sink,
+    wait_s: float = 0.0,
+    state: MemoryState | None = None,
+    log: MemoryPendingLog | None = None,
 ) -> Handler:
     config = MonitorConfig.model_validate(
         {
@@ -265,14 +273,13 @@ def handler_with_outcomes(
         }
     )
     engine = WindowEngine(config.window.spec(), lambda m, v: profile if m == "fraud" else None)
-    state = MemoryState()
     return Handler(
         config=config,
         engine=engine,
         metrics=WorkerMetrics(),
         send_report=sink.to("reports"),
         send_dlq=sink.to("dlq"),
-        state=state,
+        state=state if state is not None else MemoryState(),
         send_alert=sink.to("alerts"),
         send_retrain=sink.to("retrain"),
         outcomes=Outcomes(
@@ -281,6 +288,7 @@ def handler_with_outcomes(
             rules=QualityRuleEngine(quality_rules()),
             send_quality=sink.to("quality"),
             wait_s=wait_s,
+            log=log,
         ),
     )
 
@@ -444,3 +452,63 @@ def test_an_outcome_before_its_prediction_waits_for_it(
     handler.outcomes.wait_s = 0.0
     asyncio.run(handler.handle_outcomes([(0, 1, outcome("nobody", 1.0))]))
     assert [d["reason"] for d in sink.sent["dlq"]] == ["unknown_event"]
+
+
+def test_pending_store_chunks_round_trip_and_split() -> None:
+    rows = [(bytes([i % 256]) * 12, b"\x00\x00" + bytes(8) + b"\x01v" + bytes(i % 50))
+            for i in range(100_000)]  # fmt: skip
+    chunks = encode_chunks(rows)
+    assert len(chunks) > 1
+    assert all(len(c) <= CHUNK_BYTES for c in chunks)
+    assert [r for c in chunks for r in decode_chunk(c)] == rows
+    assert encode_chunks([]) == []
+    for bad in (b"", b"nope", chunks[0][:-3], chunks[0][:20]):
+        with pytest.raises(ValueError, match="chunk"):
+            decode_chunk(bad)
+
+
+def test_pending_store_applies_its_log_in_order(tmp_path: Path) -> None:
+    a = PendingPredictions(tmp_path / "a", ttl_ms=10 * MIN)
+    b = PendingPredictions(None, ttl_ms=10 * MIN)
+    made = ("fraud", "e1", Pending("3", T0, 0.75))
+    a.put_many([made])
+    (chunk,) = encode_chunks(a.mark_joined([made]))
+    assert b.applied(2) == 0
+    assert b.apply_chunk(2, 0, chunk) == 1
+    assert b.find("fraud", "e1", T0)[0] == "duplicate"
+    assert (b.applied(2), b.applied(3)) == (1, 0)
+    assert b.apply_chunk(2, 1, b"not a chunk") == -1  # skipped, offset still moves on
+    assert b.applied(2) == 2
+    b.advance(2, 5)  # not directly after what it applied: a gap to replay later
+    assert b.applied(2) == 2
+    b.advance(2, 2)
+    assert b.applied(2) == 3
+    a.close()
+
+
+def test_a_partition_moved_to_another_worker_takes_its_pending_predictions(
+    make_profile: Callable[..., ModelProfile],
+    make_event: Callable[..., Event],
+    tmp_path: Path,
+) -> None:
+    # worker A sees the predictions, then loses the partition to worker B (its own store,
+    # empty); B replays the store's log and joins their labels; A, given the partition
+    # back, replays B's joined markers: a label sent again is a duplicate there
+    profile = make_profile()
+    state, log = MemoryState(), MemoryPendingLog()
+    sink = Sink()
+    a = handler_with_outcomes(profile, tmp_path / "a", sink, state=state, log=log)
+    b = handler_with_outcomes(profile, tmp_path / "b", sink, state=state, log=log)
+    events = [make_event(ts=T0 + i * 1_000, prediction=0.9) for i in range(50)]
+    asyncio.run(a.handle([(1, i, encode_event(e)) for i, e in enumerate(events)]))
+    asyncio.run(a.revoke({1}))
+    labels = [(1, i, outcome(e.event_id, 1.0)) for i, e in enumerate(events)]
+    assert asyncio.run(b.handle_outcomes(labels)) == []
+    assert sink.sent["dlq"] == []
+    assert b.metrics.outcomes.labels("fraud", "joined")._value.get() == 50
+    asyncio.run(b.revoke({1}))
+    again = [(1, 50, outcome(events[0].event_id, 1.0))]
+    asyncio.run(a.handle_outcomes(again))
+    assert [d["reason"] for d in sink.sent["dlq"]] == ["duplicate"]
+    # one record per batch: A's predictions, then B's joined markers
+    assert [len(decode_chunk(c)) for c in log.partitions[1]] == [50, 50]
