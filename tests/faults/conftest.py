@@ -7,6 +7,7 @@ read a worker's metrics, scan its log for crashes and produce hostile messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -160,3 +162,13 @@ def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int
             await admin.close()
 
     return asyncio.run(run())
+
+
+def record_figures(name: str, figures: dict[str, Any]) -> None:
+    """Prints the figures; appends them to $DRIFTLINE_FAULTS_FIGURES when set."""
+    line = json.dumps({"test": name, **figures}, sort_keys=True)
+    print(line)
+    target = os.environ.get("DRIFTLINE_FAULTS_FIGURES")
+    if target:
+        with Path(target).open("a") as f:
+            f.write(line + "\n")

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from subprocess import Popen
 from typing import Any, cast
 
@@ -52,10 +50,11 @@ from tests.integration.conftest import (
     free_port,
     group_state,
     local_broker,
+    received,
     wait_for,
 )
 
-from .conftest import Processes, crashes, group_offsets, metric, scrape
+from .conftest import Processes, crashes, group_offsets, metric, record_figures, scrape
 
 WINDOW = 600_000  # the setup's 10 minute windows
 SECRET = "broker-restart-secret-0123456789"
@@ -86,16 +85,6 @@ def kafka() -> Iterator[LocalKafka]:
     """This module's own broker (overrides the suite's for ``setup``): it is stopped and
     killed here, which the broker other tests share must never be."""
     yield from local_broker("pytest-restart")
-
-
-def record_figures(name: str, figures: dict[str, Any]) -> None:
-    """Prints the figures; appends them to $DRIFTLINE_FAULTS_FIGURES when set."""
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("DRIFTLINE_FAULTS_FIGURES")
-    if target:
-        with Path(target).open("a") as f:
-            f.write(line + "\n")
 
 
 class Chunk:
@@ -162,16 +151,6 @@ def count_acks(monkeypatch: pytest.MonkeyPatch, topic: str) -> list[int]:
 
     monkeypatch.setattr(AIOKafkaProducer, "send", counting_send)
     return acked
-
-
-def received(port: int) -> int:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return int(json.loads(r.read())["received"])
-    except OSError:
-        return -1
 
 
 def configure(setup: Setup) -> None:

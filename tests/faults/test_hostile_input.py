@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
@@ -30,7 +28,7 @@ from stream.events import BATCH_SCHEMA, EVENT_SCHEMA
 from tests.fuzzing import scaled
 from tests.integration.conftest import Setup, consume_all, free_port, group_state, wait_for
 
-from .conftest import crashes, metric, produce_raw, scrape
+from .conftest import crashes, metric, produce_raw, record_figures, scrape
 
 WINDOW = 600_000
 ENVELOPE = 100  # events per batch envelope
@@ -259,16 +257,6 @@ def plan(n: int, windows: int, t0: int, seed: int = 9) -> Plan:
             out.duplicates += 1
     flush()
     return out
-
-
-def record_figures(name: str, figures: dict[str, Any]) -> None:
-    """Prints the figures; appends them to $DRIFTLINE_FAULTS_FIGURES when set."""
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("DRIFTLINE_FAULTS_FIGURES")
-    if target:
-        with Path(target).open("a") as f:
-            f.write(line + "\n")
 
 
 def test_hostile_input_loses_nothing_and_crashes_nothing(

@@ -26,8 +26,7 @@ from tests.fuzzing import FULL, scaled
 from tests.integration.conftest import Setup, consume_all, free_port, group_state, wait_for
 from tests.integration.test_worker import WINDOW, round_floats, window_events
 
-from .conftest import crashes, group_offsets, metric, scrape
-from .test_hostile_input import record_figures
+from .conftest import crashes, group_offsets, metric, record_figures, scrape
 
 Messages = list[tuple[bytes | None, bytes | None]]
 

@@ -22,11 +22,9 @@ from subprocess import Popen
 import pytest
 
 from alerts.signing import SIGNATURE, signed_headers
-from tests.integration.conftest import Setup, consume_all, free_port, produce, wait_for
-from tests.integration.test_webhooks import received
+from tests.integration.conftest import Setup, consume_all, free_port, produce, received, wait_for
 
-from .conftest import Processes
-from .test_hostile_input import record_figures
+from .conftest import Processes, record_figures
 from .test_kill_restart import traffic
 
 

@@ -5,6 +5,7 @@ that poll conditions instead of sleeping."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -287,3 +288,14 @@ def group_state(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
             await admin.close()
 
     return asyncio.run(run())
+
+
+def received(port: int) -> int:
+    """Retrain events the reference receiver on ``port`` accepted (-1: not answering)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return int(json.loads(r.read())["received"])
+    except OSError:
+        return -1

@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from serving_hooks.publisher import PublisherConfig, SyncPublisher
 
-from .conftest import REPO, Setup, free_port, produce, wait_for
-from .test_webhooks import cli, received
+from .conftest import REPO, Setup, free_port, produce, received, wait_for
+from .test_webhooks import cli
 from .test_worker import event, reports
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "driftline.json"

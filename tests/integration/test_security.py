@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from stream.localkafka import LocalKafka, SaslSsl
 from stream.profiles import ModelProfile
 
 from .certs import CA
-from .conftest import REPO, free_port, wait_for
+from .conftest import REPO, free_port, received, wait_for
 
 USER = "driftline"
 # made per run, so that finding one in a log can only be a leak
@@ -183,14 +182,6 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(tmp_path)
     yield procs
     procs.stop()
-
-
-def received(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return int(json.loads(r.read())["received"])
-    except OSError:
-        return -1
 
 
 def assert_no_secret(where: str, text: str) -> None:

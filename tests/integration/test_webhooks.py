@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from pathlib import Path
 
-from .conftest import Setup, consume_all, free_port, group_state, produce, wait_for
+from .conftest import Setup, consume_all, free_port, group_state, produce, received, wait_for
 
 SECRET = "integration-secret-0123456789"
 
@@ -26,14 +25,6 @@ def cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=env,
         )
-
-
-def received(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return int(json.loads(r.read())["received"])
-    except OSError:
-        return -1
 
 
 def test_every_event_arrives_once_despite_outages(setup: Setup, tmp_path: Path) -> None:

@@ -136,7 +136,8 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_are_all_counted(
 def test_a_drift_episode_raises_one_retrain_event_per_rule(
     setup: Setup, start_worker: Callable[..., Popen[bytes]], tmp_path: Path
 ) -> None:
-    from .test_webhooks import cli, received
+    from .conftest import received
+    from .test_webhooks import cli
 
     port = free_port()
     receiver = cli(
