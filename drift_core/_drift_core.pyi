@@ -242,6 +242,75 @@ class CategoricalSketch:
         """Values of categories never seen in the reference."""
     def __eq__(self, value: object, /) -> bool: ...
 
+#: (numbers, strings, n_numbers, n_strings, n_present, absent): float64 with NaN where a
+#: row has no number; the strings (None where a row has none), or None if the column has
+#: none; the rows without the key
+EventColumn = tuple[
+    npt.NDArray[np.float64], list[str | None] | None, int, int, int, npt.NDArray[np.uint32]
+]
+
+@final
+class EventDecoder:
+    """Decodes JSON prediction events (single events and batch envelopes) into columns
+    per (model, version). It accepts only input it is sure of; anything else is left to
+    the caller as a rejected message or event span."""
+
+    def __new__(
+        cls,
+        event_schema: str,
+        batch_schema: str,
+        *,
+        max_message_bytes: int,
+        max_events: int,
+        max_features: int,
+        max_string_chars: int,
+        min_ts_ms: int,
+        max_future_ms: int | None = None,
+    ) -> EventDecoder: ...
+    def decode(
+        self, messages: Sequence[bytes], now_ms: int | None = None
+    ) -> tuple[list[EventGroup], list[tuple[int, int, int]]]:
+        """(groups, rejected): accepted events as columns per (model, version), and
+        (message index, start, end) of what the caller must decode itself (-1, -1: the
+        whole message)."""
+
+@final
+class EventGroup:
+    """The events of one (model, version) from one decode call, in arrival order."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def message(self) -> npt.NDArray[np.uint32]:
+        """Index of the message each row came from."""
+    @property
+    def seq(self) -> npt.NDArray[np.uint32]:
+        """Position of each row among all accepted events of the call."""
+    @property
+    def span_start(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def span_end(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def ts(self) -> npt.NDArray[np.int64]:
+        """Event time in epoch ms (0 for rows listed in ``ts_text``)."""
+    @property
+    def ts_text(self) -> list[tuple[int, str]]:
+        """(row, text) of event times given as text, for the caller to parse."""
+    @property
+    def event_id(self) -> list[str]: ...
+    @property
+    def latency(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def error(self) -> npt.NDArray[np.bool_]: ...
+    @property
+    def prediction(self) -> EventColumn: ...
+    @property
+    def features(self) -> dict[str, EventColumn]: ...
+
 @final
 class QuantileSketch:
     """DDSketch: ``quantile(q)`` is within ``relative_accuracy * |x|`` of x, the exact

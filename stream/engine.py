@@ -404,11 +404,21 @@ class WindowEngine:
         latency_ms: np.ndarray | None = None,
         errors: np.ndarray | None = None,
         unknown_per_row: int = 0,
+        unknown_rows: np.ndarray | None = None,
+        running: np.ndarray | None = None,
+        close: bool = True,
+        now_ms: int | None = None,
     ) -> Outcome:
         """The columnar twin of :meth:`process` for events of one model version, in
         arrival order: the same windows, watermark and lateness, without building events.
         Numeric features are float64 arrays (NaN = missing), categorical ones lists of str
-        or None; ``errors`` is a boolean array of rows whose status is "error"."""
+        or None; ``errors`` is a boolean array of rows whose status is "error".
+        ``unknown_rows`` counts each row's values of features the profile does not have
+        (else ``unknown_per_row`` for every row). When other versions of the model
+        arrived in between, ``running`` holds, per row, the latest event time of the
+        model up to and including that row, and ``close=False`` leaves closing to
+        :meth:`close` once every version is in. ``now_ms`` is the wall-clock arrival
+        time, as for :meth:`process`."""
         out = Outcome()
         n = len(ts)
         if n == 0:
@@ -419,10 +429,17 @@ class WindowEngine:
         spec = self.spec
         state = self._models[model]
         ts = np.asarray(ts, dtype=np.int64)
-        before = np.iinfo(np.int64).min if state.max_ts is None else state.max_ts
-        running = np.maximum.accumulate(np.maximum(ts, before))
+        if running is None:
+            before = np.iinfo(np.int64).min if state.max_ts is None else state.max_ts
+            running = np.maximum.accumulate(np.maximum(ts, before))
+            state.max_ts = int(running[-1])
+        else:  # the caller's, which includes the model's latest time before the batch
+            running = np.asarray(running, dtype=np.int64)
+            latest = int(running[-1])
+            state.max_ts = latest if state.max_ts is None else max(state.max_ts, latest)
         watermark = running - spec.lateness_ms
-        state.max_ts = int(running[-1])
+        if now_ms is not None:
+            state.last_seen_ms = now_ms
         step = spec.step_ms
         last = ts - ts % step
         per_event = (spec.size_ms - 1) // step + 1
@@ -473,10 +490,18 @@ class WindowEngine:
                 sub(prediction),
                 latency[pick],
                 int(err[pick].sum()),
-                unknown_per_row * len(rows),
+                unknown_per_row * len(rows)
+                if unknown_rows is None
+                else int(unknown_rows[pick].sum()),
             )
-        out.reports.extend(self._close(model))
+        if close:
+            out.reports.extend(self._close(model))
         return out
+
+    def close(self, model: str) -> list[dict[str, Any]]:
+        """Reports of the model's windows its watermark has passed (see ``close=False``
+        of :meth:`process_columns`)."""
+        return self._close(model)
 
     def advance(self, now_ms: int, idle_ms: int) -> Outcome:
         """Closes every open window of models that sent nothing for ``idle_ms`` of wall

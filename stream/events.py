@@ -8,11 +8,15 @@ bytes. Nothing here raises on bad input; everything bad becomes an :class:`Inval
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
+
+import drift_core as dc
 
 EVENT_SCHEMA = "driftline.event/v1"
 BATCH_SCHEMA = "driftline.batch/v1"
@@ -172,9 +176,10 @@ def parse_ts(ts: str | int | float) -> int:
     return int(ts)
 
 
-def _to_event(wire: Any, limits: Limits, now_ms: int | None) -> Event | Invalid:
+def _event_time(raw_ts: str | int | float, limits: Limits, now_ms: int | None) -> int | Invalid:
+    """Event time in epoch ms, or why it is not acceptable (raw bytes left empty)."""
     try:
-        ts = parse_ts(wire.ts)
+        ts = parse_ts(raw_ts)
     except (ValueError, OverflowError) as exc:
         return Invalid("bad_timestamp", str(exc), b"")
     if ts < limits.min_ts_ms:
@@ -182,6 +187,13 @@ def _to_event(wire: Any, limits: Limits, now_ms: int | None) -> Event | Invalid:
     ahead = limits.max_future_ms
     if now_ms is not None and ahead is not None and ts > now_ms + ahead:
         return Invalid("timestamp_out_of_range", f"ts {ts} is more than {ahead} ms ahead", b"")
+    return ts
+
+
+def _to_event(wire: Any, limits: Limits, now_ms: int | None) -> Event | Invalid:
+    ts = _event_time(wire.ts, limits, now_ms)
+    if isinstance(ts, Invalid):
+        return ts
     return Event(
         event_id=wire.event_id,
         model=wire.model,
@@ -218,15 +230,16 @@ def decode(raw: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> 
     else:
         if isinstance(typed, codecs.event_type):
             _add(out, typed, raw, limits, now_ms)
+            return out
+        for wire in typed.events:
+            checked = _to_event(wire, limits, now_ms)
+            if not isinstance(checked, Event):
+                # rare: decode the events one by one below, for this one's own bytes
+                out.events.clear()
+                break
+            out.events.append(checked)
         else:
-            for wire in typed.events:
-                checked = _to_event(wire, limits, now_ms)
-                if isinstance(checked, Event):
-                    out.events.append(checked)
-                else:  # rare: re-encode just this event for the dead letter
-                    item = msgspec.json.encode(wire)
-                    out.invalid.append(Invalid(checked.reason, checked.detail, item))
-        return out
+            return out
     try:
         message = codecs.message.decode(raw)
     except _DECODE_ERRORS as exc:
@@ -236,13 +249,86 @@ def decode(raw: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> 
         _add(out, message, raw, limits, now_ms)
         return out
     for item in message.events:
-        item_raw = bytes(item)
-        try:
-            wire = codecs.event.decode(item_raw)
-        except _DECODE_ERRORS as exc:
-            out.invalid.append(Invalid(_reason(exc), str(exc), item_raw))
-            continue
-        _add(out, wire, item_raw, limits, now_ms)
+        _decode_item(out, bytes(item), codecs, limits, now_ms)
+    return out
+
+
+def _decode_item(
+    out: Decoded, item: bytes, codecs: _Codecs, limits: Limits, now_ms: int | None
+) -> None:
+    """One event of a batch envelope, on its own."""
+    try:
+        wire = codecs.event.decode(item)
+    except _DECODE_ERRORS as exc:
+        out.invalid.append(Invalid(_reason(exc), str(exc), item))
+        return
+    _add(out, wire, item, limits, now_ms)
+
+
+@dataclass
+class Columns:
+    """Messages decoded into columns (the worker's path): the accepted events of each
+    (model, version) as a ``drift_core.EventGroup`` with a mask of its rows still
+    accepted (None: all), the invalid events and messages by message index, and the
+    events only the exact decoder accepted (rare: e.g. a repeated feature name)."""
+
+    groups: list[tuple[dc.EventGroup, np.ndarray | None]] = field(default_factory=list)
+    invalid: list[tuple[int, Invalid]] = field(default_factory=list)
+    events: list[tuple[int, Event]] = field(default_factory=list)
+
+
+_column_decoders: dict[Limits, dc.EventDecoder] = {}
+
+
+def _column_decoder(limits: Limits) -> dc.EventDecoder:
+    decoder = _column_decoders.get(limits)
+    if decoder is None:
+        decoder = _column_decoders[limits] = dc.EventDecoder(
+            EVENT_SCHEMA,
+            BATCH_SCHEMA,
+            max_message_bytes=limits.max_message_bytes,
+            max_events=limits.max_events_per_batch,
+            max_features=limits.max_features,
+            max_string_chars=limits.max_string_bytes,
+            min_ts_ms=limits.min_ts_ms,
+            max_future_ms=limits.max_future_ms,
+        )
+    return decoder
+
+
+def decode_columns(
+    values: Sequence[bytes], limits: Limits = Limits(), now_ms: int | None = None
+) -> Columns:
+    """Decodes Kafka message values into columns with drift_core's decoder, which accepts
+    only what :func:`decode` accepts; what it leaves (invalid or unusual input) is decoded
+    here by :func:`decode`, so reasons and dead letters are the same on both paths."""
+    groups, rejected = _column_decoder(limits).decode(values, now_ms)
+    out = Columns()
+    for group in groups:
+        keep = None
+        if group.ts_text:  # RFC 3339 text: parsed here, as decode does
+            ts = group.ts
+            for row, text in group.ts_text:
+                parsed = _event_time(text, limits, now_ms)
+                if isinstance(parsed, Invalid):
+                    if keep is None:
+                        keep = np.ones(group.rows, dtype=bool)
+                    keep[row] = False
+                    start, end = int(group.span_start[row]), int(group.span_end[row])
+                    rejected.append((int(group.message[row]), start, end))
+                else:
+                    ts[row] = parsed
+        out.groups.append((group, keep))
+    codecs = _codecs_for(limits)
+    for index, start, end in sorted(rejected):
+        raw = values[index]
+        decoded = Decoded()
+        if start < 0:
+            decoded = decode(raw, limits, now_ms)
+        else:
+            _decode_item(decoded, raw[start:end], codecs, limits, now_ms)
+        out.invalid.extend((index, bad) for bad in decoded.invalid)
+        out.events.extend((index, event) for event in decoded.events)
     return out
 
 

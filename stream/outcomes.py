@@ -262,6 +262,44 @@ class PendingPredictions:
         self._write(rows)
         return rows
 
+    def put_columns(self, model: str, group: Any, rows: np.ndarray) -> list[tuple[bytes, bytes]]:
+        """Adds the predictions of decoded columns (a ``drift_core.EventGroup``) at
+        ``rows``: the worker's hot path; returns the rows written (for the store's log)."""
+        version = group.version
+        v = self._versions.get(version)
+        if v is None:
+            raw = version.encode()[:255]
+            v = self._versions[version] = bytes([len(raw)]) + raw
+        numbers, strings, n_numbers, n_strings, _, _ = group.prediction
+        if not n_numbers and not n_strings:
+            return []
+        head, f64, blake2b = _HEAD.pack, _F64.pack, hashlib.blake2b
+        prefix = f"{model}\0".encode()
+        ids = group.event_id
+        ts = group.ts[rows].tolist()
+        picked = rows.tolist()
+        out: list[tuple[bytes, bytes]] = []
+        if not n_strings:  # numbers (or none) only
+            values = numbers[rows].tolist()
+            for i, t, x in zip(picked, ts, values, strict=True):
+                if x == x:  # NaN: no prediction
+                    key = blake2b(prefix + ids[i].encode(), digest_size=12).digest()
+                    out.append((key, head(0, _NUMBER, t) + v + f64(x)))
+        else:
+            assert strings is not None
+            for i, t in zip(picked, ts, strict=True):
+                text = strings[i]
+                if text is not None:
+                    value = head(0, _TEXT, t) + v + text.encode()[:1024]
+                elif numbers[i] == numbers[i]:
+                    value = head(0, _NUMBER, t) + v + f64(float(numbers[i]))
+                else:
+                    continue
+                key = blake2b(prefix + ids[i].encode(), digest_size=12).digest()
+                out.append((key, value))
+        self._write(out)
+        return out
+
     def _write(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
         if self._mem is not None:
             self._mem.update(rows)

@@ -22,12 +22,15 @@ from typing import Any
 
 import faust
 import msgspec
+import numpy as np
 from faust.types import TP
 
+import drift_core as dc
 from alerts.engine import QualityRuleEngine, RuleEngine
+from stream.batching import BatchingTransport, RecordRun
 from stream.config import MonitorConfig, ReferenceStore
 from stream.engine import Outcome, WindowEngine
-from stream.events import Event, Invalid, decode, dlq_record
+from stream.events import Event, Invalid, decode_columns, dlq_record
 from stream.metrics import WorkerMetrics
 from stream.outcomes import (
     Pending,
@@ -152,6 +155,36 @@ class Outcomes:
 
 
 @dataclass
+class _Rows:
+    """One (model, version) group of a batch's decoded events, the rows still accepted,
+    and each row's partition and offset."""
+
+    group: dc.EventGroup
+    keep: np.ndarray
+    partitions: np.ndarray
+    offsets: np.ndarray
+    values: Sequence[bytes]
+
+    @classmethod
+    def of(
+        cls,
+        group: dc.EventGroup,
+        keep: np.ndarray | None,
+        partitions: np.ndarray,
+        offsets: np.ndarray,
+        values: Sequence[bytes],
+    ) -> _Rows:
+        if keep is None:
+            keep = np.ones(group.rows, dtype=bool)
+        return cls(group, keep, partitions[group.message], offsets[group.message], values)
+
+    def raw(self, row: int) -> bytes:
+        """The row's event as it arrived (for dead letters)."""
+        g = self.group
+        return self.values[int(g.message[row])][int(g.span_start[row]) : int(g.span_end[row])]
+
+
+@dataclass
 class Handler:
     """The agent's work, kept apart from Faust so it can be driven directly in tests."""
 
@@ -177,6 +210,8 @@ class Handler:
     _dirty: dict[str, None] = field(default_factory=dict)
     #: rows added to the pending store since they were last logged, by partition
     _pending_rows: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
+    #: model -> offset of the latest message of the batch being handled that it counts
+    _touched: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._limits = self.config.limits.limits()
@@ -321,91 +356,94 @@ class Handler:
     async def _handle(self, messages: Sequence[tuple[int, int, bytes]]) -> Outcome:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        limits = self._limits
         topic = self.config.kafka.events_topic
-        events: list[Event] = []
-        sources: list[tuple[int, int]] = []
-        last_offsets: dict[tuple[str, int], int] = {}
         held: list[int] = []
+        taken: list[tuple[int, int, bytes]] = []
         check = self.sequencer.check
         clock = time.monotonic()
         reseek: set[int] = set()
-        for position, (partition, offset, value) in enumerate(messages):
+        for position, message in enumerate(messages):
+            partition, offset, _ = message
             verdict = check(partition, offset, clock)
-            if verdict is not Sequencer.TAKE:
-                if verdict is Sequencer.AGAIN:
-                    # handed twice after a rebalance; already applied
-                    self.metrics.redelivered.inc()
-                    continue
-                held.append(position)  # comes again after the seek: not acked
-                if verdict is Sequencer.SEEK:
-                    await self._seek_back(partition, offset)
-                else:
-                    reseek.add(partition)
+            if verdict is Sequencer.TAKE:
+                taken.append(message)
                 continue
-            decoded = decode(value, limits, now_ms)
-            for bad in decoded.invalid:
-                await self._dead_letter(bad, topic, partition, offset)
-            for event in decoded.events:
-                key = (event.model, partition)
-                last = last_offsets.get(key)
-                if last is None:
-                    await self._ensure_loaded(event.model, partition)
-                    last = self.engine.offsets(event.model).get(str(partition), -1)
-                    last_offsets[key] = last
-                if offset <= last:
-                    self.metrics.duplicates.labels(event.model).inc()
-                    continue
-                events.append(event)
-                sources.append((partition, offset))
+            if verdict is Sequencer.AGAIN:
+                # handed twice after a rebalance; already applied
+                self.metrics.redelivered.inc()
+                continue
+            held.append(position)  # comes again after the seek: not acked
+            if verdict is Sequencer.SEEK:
+                await self._seek_back(partition, offset)
+            else:
+                reseek.add(partition)
         for partition in reseek:
             # Still short of the missing message: seek again. Faust's fetcher undoes a
             # seek made while it hands out a fetched batch (each message it hands out
             # sets its read offset, and re-read messages below that are then dropped as
             # already read), so the messages held here are what is left of that batch.
             await self._seek_again(partition)
-        if events:
+        values = [value for _, _, value in taken]
+        batch = decode_columns(values, self._limits, now_ms)
+        # dead letters, sent in the order of the messages they come from
+        dead: list[tuple[int, Invalid]] = list(batch.invalid)
+        parts = np.fromiter((p for p, _, _ in taken), dtype=np.int64, count=len(taken))
+        offs = np.fromiter((o for _, o, _ in taken), dtype=np.int64, count=len(taken))
+        rows = [_Rows.of(group, keep, parts, offs, values) for group, keep in batch.groups]
+        # messages the model's saved state already counts (redelivered after a restart)
+        last_offsets: dict[tuple[str, int], int] = {}
+        for r in rows:
+            for partition in np.unique(r.partitions[r.keep]).tolist():
+                last = await self._last_offset(r.group.model, partition, last_offsets)
+                duplicate = r.keep & (r.partitions == partition) & (r.offsets <= last)
+                if duplicate.any():
+                    self.metrics.duplicates.labels(r.group.model).inc(int(duplicate.sum()))
+                    r.keep &= ~duplicate
+        events: list[Event] = []
+        sources: list[tuple[int, int]] = []
+        indices: list[int] = []
+        for index, event in batch.events:
+            partition, offset = taken[index][0], taken[index][1]
+            if offset <= await self._last_offset(event.model, partition, last_offsets):
+                self.metrics.duplicates.labels(event.model).inc()
+                continue
+            events.append(event)
+            sources.append((partition, offset))
+            indices.append(index)
+        versions = {(r.group.model, r.group.version) for r in rows if r.keep.any()}
+        versions |= {(e.model, e.model_version) for e in events}
+        unresolved = [v for v in versions if not self.engine.has_profile(*v)]
+        if unresolved:
             # references come from files or a registry (HTTP): look up the versions not
             # seen yet off the event loop, and take the time again after that
-            versions = {(e.model, e.model_version) for e in events}
-            unresolved = [v for v in versions if not self.engine.has_profile(*v)]
-            if unresolved:
-                await asyncio.to_thread(self._resolve, unresolved)
-                now_ms = int(time.time() * 1000)
-        outcome = self.engine.process(events, now_ms)
-        outcome.held = held
-        rejected = {position for position, _ in outcome.rejected}
-        for position, bad in outcome.rejected:
-            partition, offset = sources[position]
-            await self._dead_letter(bad, topic, partition, offset)
-        touched: dict[str, int] = {}
-        latest: dict[str, int] = {}
-        counted: dict[str, int] = {}
-        for position, (event, (_, offset)) in enumerate(zip(events, sources, strict=True)):
-            if position in rejected:
-                continue
-            model = event.model
-            if offset > touched.get(model, -1):
-                touched[model] = offset
-            if event.ts > latest.get(model, 0):
-                latest[model] = event.ts
-            counted[model] = counted.get(model, 0) + 1
-        for model, n in counted.items():
-            self.metrics.events.labels(model).inc(n)
-        for model, ts in latest.items():
-            self.metrics.lag.labels(model).set(max(0.0, (now_ms - ts) / 1000))
+            await asyncio.to_thread(self._resolve, unresolved)
+            now_ms = int(time.time() * 1000)
+        outcome = Outcome(held=held)
+        by_model: dict[str, list[_Rows]] = {}
+        for r in rows:
+            dead.extend((int(r.group.message[row]), bad) for bad, row in self._refuse(r))
+            if r.keep.any():
+                by_model.setdefault(r.group.model, []).append(r)
+        for model, mine in by_model.items():
+            self._process_rows(model, mine, outcome, now_ms)
+        if events:
+            self._process_events(events, sources, outcome, now_ms)
+            rejected = {position for position, _ in outcome.rejected}
+            dead.extend((indices[position], bad) for position, bad in outcome.rejected)
+            kept = [
+                (e, s)
+                for i, (e, s) in enumerate(zip(events, sources, strict=True))
+                if i not in rejected
+            ]
+            self._count_events(kept, now_ms)
+        dead.sort(key=lambda d: d[0])
+        for index, bad in dead:
+            await self._dead_letter(bad, topic, taken[index][0], taken[index][1])
         for model, late in outcome.late_by_model.items():
             self.metrics.late.labels(model).inc(late)
-        if self.outcomes is not None:
-            # the predictions wait for their labels (late events too: their window is
-            # known, only their sketch update was refused)
-            by_partition: dict[int, list[Event]] = {}
-            for position, (event, (partition, _)) in enumerate(zip(events, sources, strict=True)):
-                if position not in rejected:
-                    by_partition.setdefault(partition, []).append(event)
-            for partition, accepted in by_partition.items():
-                self._log_pending(partition, self.outcomes.pending.put_events(accepted))
         await self._publish(outcome)
+        touched = self._touched
+        self._touched = {}
         if self.outcomes is not None and self.outcomes.waiting:
             await self._retry_waiting([m for m in touched if m in self.outcomes.waiting])
         for model, offset in touched.items():
@@ -415,6 +453,173 @@ class Handler:
             self._save(model)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return outcome
+
+    async def _last_offset(
+        self, model: str, partition: int, known: dict[tuple[str, int], int]
+    ) -> int:
+        """The offset of the partition's last message in the model's state as it was
+        before this batch (loading the state first)."""
+        key = (model, partition)
+        last = known.get(key)
+        if last is None:
+            await self._ensure_loaded(model, partition)
+            last = known[key] = self.engine.offsets(model).get(str(partition), -1)
+        return last
+
+    def _refuse(self, r: _Rows) -> list[tuple[Invalid, int]]:
+        """Takes out of ``r.keep`` the rows of a version without a reference and the rows
+        with a value of the wrong kind for it; returns (why, row) for each."""
+        group = r.group
+        candidates = r.keep
+        if not candidates.any():
+            return []
+        profile = self.engine.profile(group.model, group.version)
+        if profile is None:
+            bad = np.flatnonzero(candidates)
+            r.keep[:] = False
+            why = f"no reference for model {group.model[:80]!r} version {group.version[:40]!r}"
+            return [(Invalid("unknown_model", why, r.raw(row)), row) for row in bad.tolist()]
+        wrong = np.zeros(group.rows, dtype=bool)
+        reasons: dict[int, str] = {}
+        checks: list[tuple[str, Any, Any]] = [
+            (name, ref, group.features.get(name)) for name, ref in profile.features.items()
+        ]
+        checks.append(("", profile.prediction, group.prediction))
+        for name, ref, column in checks:
+            if ref is None or column is None:
+                continue
+            numbers, strings, n_numbers, n_strings, _, _ = column
+            if isinstance(ref, dc.NumericReference):
+                if not n_strings:
+                    continue
+                assert strings is not None
+                mask = np.fromiter((s is not None for s in strings), bool, group.rows)
+                what = "numeric in the reference, got a string"
+            else:
+                if not n_numbers:
+                    continue
+                mask = ~np.isnan(numbers)
+                what = "categorical in the reference, got a number"
+            mask &= candidates & ~wrong
+            label = f"feature {name[:60]!r}" if name else "prediction"
+            for row in np.flatnonzero(mask).tolist():
+                reasons[row] = f"{label} is {what}"
+            wrong |= mask
+        if not reasons:
+            return []
+        r.keep &= ~wrong
+        return [
+            (Invalid("feature_type_mismatch", why, r.raw(row)), row)
+            for row, why in sorted(reasons.items())
+        ]
+
+    def _process_rows(self, model: str, mine: list[_Rows], out: Outcome, now_ms: int) -> None:
+        """Feeds the engine a model's accepted rows (one group per version)."""
+        running: dict[int, np.ndarray] = {}
+        if len(mine) > 1:  # versions interleaved: one watermark over the arrival order
+            seq = np.concatenate([r.group.seq[r.keep] for r in mine])
+            ts = np.concatenate([r.group.ts[r.keep] for r in mine])
+            order = np.argsort(seq, kind="stable")
+            before = self.engine.newest_ts(model)
+            lowest = np.iinfo(np.int64).min if before is None else before
+            merged = np.maximum.accumulate(np.maximum(ts[order], lowest))
+            at = np.empty_like(merged)
+            at[order] = merged
+            start = 0
+            for i, r in enumerate(mine):
+                n = int(r.keep.sum())
+                running[i] = at[start : start + n]
+                start += n
+        known = None
+        latest = 0
+        for i, r in enumerate(mine):
+            group, keep = r.group, r.keep
+            full = bool(keep.all())
+            pick = np.flatnonzero(keep)
+            profile = self.engine.profile(model, group.version)
+            assert profile is not None
+            if known is None or len(mine) > 1:
+                known = profile.features
+            features: dict[str, Any] = {}
+            unknown = np.zeros(group.rows, dtype=np.int64)
+            for name, (numbers, strings, _, _, present, absent) in group.features.items():
+                ref = known.get(name)
+                if ref is None:
+                    if present:  # values of features the reference does not have
+                        unknown += 1
+                        unknown[absent] -= 1
+                elif isinstance(ref, dc.NumericReference):
+                    features[name] = numbers if full else numbers[pick]
+                elif strings is not None:
+                    features[name] = strings if full else [strings[j] for j in pick]
+            numbers, strings, _, _, _, _ = group.prediction
+            prediction: Any = None
+            if isinstance(profile.prediction, dc.NumericReference):
+                prediction = numbers if full else numbers[pick]
+            elif strings is not None:
+                prediction = strings if full else [strings[j] for j in pick]
+            ts = group.ts if full else group.ts[pick]
+            done = self.engine.process_columns(
+                model,
+                group.version,
+                ts,
+                features,
+                prediction,
+                group.latency if full else group.latency[pick],
+                group.error if full else group.error[pick],
+                unknown_rows=unknown if full else unknown[pick],
+                running=running.get(i),
+                close=len(mine) == 1,
+                now_ms=now_ms,
+            )
+            out.reports.extend(done.reports)
+            out.accepted += done.accepted
+            out.late += done.late
+            for m, n in done.late_by_model.items():
+                out.late_by_model[m] = out.late_by_model.get(m, 0) + n
+            kept = int(keep.sum())
+            self.metrics.events.labels(model).inc(kept)
+            latest = max(latest, int(ts.max()))
+            offset = int(r.offsets[keep].max())
+            if offset > self._touched.get(model, -1):
+                self._touched[model] = offset
+            if self.outcomes is not None:
+                # the predictions wait for their labels (late events too: their window
+                # is known, only their sketch update was refused)
+                for partition in np.unique(r.partitions[keep]).tolist():
+                    rows = np.flatnonzero(keep & (r.partitions == partition))
+                    self._log_pending(
+                        partition,
+                        self.outcomes.pending.put_columns(model, group, rows),
+                    )
+        if len(mine) > 1:
+            out.reports.extend(self.engine.close(model))
+        self.metrics.lag.labels(model).set(max(0.0, (now_ms - latest) / 1000))
+
+    def _process_events(
+        self, events: list[Event], sources: list[tuple[int, int]], out: Outcome, now_ms: int
+    ) -> None:
+        """Feeds the engine events only the exact decoder accepted (see decode_columns)."""
+        done = self.engine.process(events, now_ms)
+        out.reports.extend(done.reports)
+        out.rejected.extend(done.rejected)
+        out.accepted += done.accepted
+        out.late += done.late
+        for m, n in done.late_by_model.items():
+            out.late_by_model[m] = out.late_by_model.get(m, 0) + n
+
+    def _count_events(self, kept: list[tuple[Event, tuple[int, int]]], now_ms: int) -> None:
+        by_partition: dict[int, list[Event]] = {}
+        for event, (partition, offset) in kept:
+            model = event.model
+            self.metrics.events.labels(model).inc()
+            self.metrics.lag.labels(model).set(max(0.0, (now_ms - event.ts) / 1000))
+            if offset > self._touched.get(model, -1):
+                self._touched[model] = offset
+            by_partition.setdefault(partition, []).append(event)
+        if self.outcomes is not None:
+            for partition, accepted in by_partition.items():
+                self._log_pending(partition, self.outcomes.pending.put_events(accepted))
 
     def _resolve(self, versions: list[tuple[str, str]]) -> None:
         for model, version in versions:
@@ -667,10 +872,44 @@ def _temporary_datadir() -> str:
     return path
 
 
+class DriftlineApp(faust.App):
+    """A Faust app whose agents on ``batch_topics`` receive each fetched run of a
+    partition's records as one event (stream.batching)."""
+
+    batch_topics: frozenset[str] = frozenset()
+
+    def _new_transport(self) -> Any:
+        return BatchingTransport(self.conf.broker_consumer, self)
+
+
+def _run_messages(runs: Sequence[Any]) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of every record in a take of RecordRun events (a
+    tombstone's value is None: no event, dead-lettered like an empty message)."""
+    return [
+        (event.message.partition, offset, value or b"")
+        for event in runs
+        for offset, value in event.message.records
+    ]
+
+
+async def _ack_runs(stream: Any, runs: Sequence[Any], held: Iterable[int]) -> None:
+    """Acks a take of RecordRun events but the records at ``held`` positions (see
+    :func:`_run_messages`): those are read again after a seek."""
+    keep = set(held)
+    position = 0
+    for event in runs:
+        message: RecordRun = event.message
+        for offset, _ in message.records:
+            if position in keep:
+                message.held.add(offset)
+            position += 1
+        await stream.ack(event)
+
+
 def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faust.App, Handler]:
     """The Faust app and its handler for one worker process."""
     kafka = config.kafka
-    app = faust.App(
+    app = DriftlineApp(
         kafka.group,
         broker=f"kafka://{kafka.bootstrap}",
         broker_credentials=kafka.security.faust_credentials(),
@@ -689,7 +928,10 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         producer_max_request_size=MAX_STATE_BYTES + 65_536,
+        # one fetch brings up to a batch of records, delivered in runs per partition
+        broker_max_poll_records=kafka.batch_size,
     )
+    app.batch_topics = frozenset({kafka.events_topic, kafka.outcomes_topic})
     events_topic = app.topic(kafka.events_topic, value_serializer="raw", key_serializer="raw")
     reports_topic = app.topic(kafka.reports_topic, value_serializer="raw", key_serializer="raw")
     dlq_topic = app.topic(kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
@@ -760,27 +1002,20 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
 
     @app.agent(events_topic, name="driftline-events")
     async def consume(stream: Any) -> None:
-        # noack_take + acks after handling: take_events acks its whole buffer in a
-        # `finally`, so a worker stopped mid-batch would commit events it never counted
-        async for batch in stream.noack_take(kafka.batch_size, within=kafka.batch_within):
-            # a tombstone's value is None: no event, dead-lettered like an empty message
-            messages = [(e.message.partition, e.message.offset, e.value or b"") for e in batch]
-            held = set((await handler.handle(messages)).held)
-            for position, event in enumerate(batch):
-                if position not in held:
-                    await stream.ack(event)
+        # each event is a run of a partition's records (stream.batching); noack_take +
+        # acks after handling: take acks its whole buffer in a `finally`, so a worker
+        # stopped mid-batch would commit events it never counted
+        async for runs in stream.noack_take(kafka.partitions, within=kafka.batch_within):
+            outcome = await handler.handle(_run_messages(runs))
+            await _ack_runs(stream, runs, outcome.held)
 
     if outcomes is not None:
 
         @app.agent(outcomes_topic, name="driftline-outcomes")
         async def join(stream: Any) -> None:
-            async for batch in stream.noack_take(kafka.batch_size, within=kafka.batch_within):
-                # a tombstone's value is None: dead-lettered like an empty message
-                messages = [(e.message.partition, e.message.offset, e.value or b"") for e in batch]
-                held = set(await handler.handle_outcomes(messages))
-                for position, event in enumerate(batch):
-                    if position not in held:
-                        await stream.ack(event)
+            async for runs in stream.noack_take(kafka.partitions, within=kafka.batch_within):
+                held = await handler.handle_outcomes(_run_messages(runs))
+                await _ack_runs(stream, runs, held)
 
     # idle windows close within a quarter of idle_close; waiting outcomes retry within 5 s
     @app.timer(interval=max(0.5, min(5.0, config.window.idle_close / 4000)))

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod compare;
 pub mod error;
+pub mod events;
 pub mod sketch;
 
 #[cfg(feature = "python")]

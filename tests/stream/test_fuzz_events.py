@@ -1,6 +1,7 @@
-"""Fuzzing the event decoder: whatever the bytes, ``decode`` returns events that honour
+"""Fuzzing the event decoders: whatever the bytes, ``decode`` returns events that honour
 the contract and Invalid records with a documented reason; it never raises and never
-hangs (each example has a deadline, each test a watchdog)."""
+hangs (each example has a deadline, each test a watchdog). The worker's columnar decoder
+(``decode_columns``, drift_core's parser) gives exactly the same events and records."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ import msgspec
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from stream.events import BATCH_SCHEMA, EVENT_SCHEMA, Limits, decode, dlq_record, encode_event
+import drift_core as dc
+from stream.events import (
+    BATCH_SCHEMA,
+    EVENT_SCHEMA,
+    Columns,
+    Event,
+    Limits,
+    decode,
+    decode_columns,
+    dlq_record,
+    encode_event,
+)
 from tests.fuzzing import fuzz_settings, watchdog_fixture
 
 NOW = 1_795_341_600_000  # 2026-11-22T10:00:00Z
@@ -41,10 +53,55 @@ TIGHT = Limits(
 limits_st = st.sampled_from([DEFAULT, TIGHT])
 
 
+def from_columns(columns: Columns) -> list[Event]:
+    """The events of decode_columns' output, rebuilt one by one."""
+    out = []
+    for group, keep in columns.groups:
+        for row in range(group.rows):
+            if keep is not None and not keep[row]:
+                continue
+
+            def value(column: dc.EventColumn, row: int = row) -> float | str | None:
+                numbers, strings, *_ = column
+                if strings is not None and strings[row] is not None:
+                    return strings[row]
+                return None if math.isnan(numbers[row]) else float(numbers[row])
+
+            features = {
+                name: value(column)
+                for name, column in group.features.items()
+                if row not in set(column[5].tolist())
+            }
+            latency = float(group.latency[row])
+            out.append(
+                Event(
+                    event_id=group.event_id[row],
+                    model=group.model,
+                    model_version=group.version,
+                    ts=int(group.ts[row]),
+                    features=features,
+                    prediction=value(group.prediction),
+                    latency_ms=None if math.isnan(latency) else latency,
+                    status="error" if group.error[row] else "ok",
+                )
+            )
+    return out + [event for _, event in columns.events]
+
+
+def canonical(event: Event) -> bytes:
+    return msgspec.json.encode(event, order="sorted")
+
+
 def check(raw: bytes, limits: Limits, expect: int | None = None) -> None:
     """Decodes ``raw`` and checks every record against the contract; ``expect`` is the
-    number of events an envelope holds (each must come out as an event or a record)."""
+    number of events an envelope holds (each must come out as an event or a record).
+    The worker's columnar decoder must give the same events and the same records."""
     out = decode(raw, limits, NOW)
+    columns = decode_columns([raw], limits, NOW)
+    assert sorted(map(canonical, from_columns(columns))) == sorted(map(canonical, out.events))
+    assert sorted((b.reason, b.detail, b.raw) for _, b in columns.invalid) == sorted(
+        (b.reason, b.detail, b.raw) for b in out.invalid
+    )
     if expect is not None:
         assert len(out.events) + len(out.invalid) == expect
     elif not (out.events or out.invalid):  # only an empty envelope gives no record

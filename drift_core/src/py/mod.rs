@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::compare::{self as cmp, Comparison, Pair};
 use crate::error::DriftError;
+use crate::events as ev;
 use crate::sketch::categorical as cat;
 use crate::sketch::numeric as num;
 use crate::sketch::quantile as qs;
@@ -937,6 +938,170 @@ fn same_len(a: &[u64], b: &[u64]) -> PyResult<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------------ event decoding
+
+/// Decodes JSON prediction events (single events and batch envelopes) into columns per
+/// (model, version); what it is not sure of is left to the caller (see `events.rs`).
+#[pyclass(module = "drift_core._drift_core", frozen)]
+struct EventDecoder {
+    contract: ev::Contract,
+}
+
+#[pymethods]
+impl EventDecoder {
+    #[new]
+    #[pyo3(signature = (event_schema, batch_schema, *, max_message_bytes, max_events, max_features, max_string_chars, min_ts_ms, max_future_ms=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        event_schema: String,
+        batch_schema: String,
+        max_message_bytes: usize,
+        max_events: usize,
+        max_features: usize,
+        max_string_chars: usize,
+        min_ts_ms: i64,
+        max_future_ms: Option<i64>,
+    ) -> Self {
+        EventDecoder {
+            contract: ev::Contract {
+                event_schema,
+                batch_schema,
+                max_message_bytes,
+                max_events,
+                max_features,
+                max_string_chars,
+                min_ts_ms,
+                max_future_ms,
+            },
+        }
+    }
+
+    /// (groups, rejected): the accepted events as columns per (model, version) in order
+    /// of first appearance, and (message index, start, end) of what the caller must
+    /// decode itself (start = end = -1: the whole message).
+    #[pyo3(signature = (messages, now_ms=None))]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        messages: Vec<Bound<'py, PyBytes>>,
+        now_ms: Option<i64>,
+    ) -> PyResult<(Vec<EventGroup>, Vec<(u32, i64, i64)>)> {
+        let decoded = ev::decode_messages(
+            messages.iter().map(|m| m.as_bytes()),
+            &self.contract,
+            now_ms,
+        );
+        let rejected = decoded
+            .rejected
+            .iter()
+            .map(|&(m, span)| match span {
+                Some((a, b)) => (m, i64::from(a), i64::from(b)),
+                None => (m, -1, -1),
+            })
+            .collect();
+        let groups = decoded
+            .groups
+            .into_iter()
+            .filter(|g| g.rows > 0)
+            .map(|g| EventGroup::build(py, g))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((groups, rejected))
+    }
+}
+
+/// The events of one (model, version) from one `EventDecoder.decode` call, in arrival
+/// order. A column is (numbers, strings, n_numbers, n_strings, n_present, absent):
+/// float64 with NaN where a row has no number, the strings (None where a row has none)
+/// or None if the column holds no string, and the rows without the key.
+#[pyclass(module = "drift_core._drift_core", frozen)]
+struct EventGroup {
+    #[pyo3(get)]
+    model: String,
+    #[pyo3(get)]
+    version: String,
+    #[pyo3(get)]
+    rows: usize,
+    #[pyo3(get)]
+    message: Py<PyAny>,
+    #[pyo3(get)]
+    seq: Py<PyAny>,
+    #[pyo3(get)]
+    span_start: Py<PyAny>,
+    #[pyo3(get)]
+    span_end: Py<PyAny>,
+    #[pyo3(get)]
+    ts: Py<PyAny>,
+    #[pyo3(get)]
+    ts_text: Vec<(u32, String)>,
+    #[pyo3(get)]
+    event_id: Py<PyAny>,
+    #[pyo3(get)]
+    latency: Py<PyAny>,
+    #[pyo3(get)]
+    error: Py<PyAny>,
+    #[pyo3(get)]
+    prediction: Py<PyAny>,
+    #[pyo3(get)]
+    features: Py<PyAny>,
+}
+
+fn column_tuple(py: Python<'_>, c: ev::Column) -> PyResult<Py<PyAny>> {
+    let numbers = PyArray1::from_vec(py, c.numbers);
+    let strings: Py<PyAny> = match c.strings {
+        Some(s) => s.into_pyobject(py)?.into_any().unbind(),
+        None => py.None(),
+    };
+    let absent = PyArray1::from_vec(py, c.absent);
+    Ok((
+        numbers,
+        strings,
+        c.n_numbers,
+        c.n_strings,
+        c.n_present,
+        absent,
+    )
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
+}
+
+impl EventGroup {
+    fn build(py: Python<'_>, g: ev::Group) -> PyResult<Self> {
+        let features = PyDict::new(py);
+        for column in g.features {
+            let name = PyString::new(py, &column.name);
+            features.set_item(name, column_tuple(py, column)?)?;
+        }
+        let (starts, ends): (Vec<u32>, Vec<u32>) = g.span.into_iter().unzip();
+        Ok(EventGroup {
+            model: g.model,
+            version: g.version,
+            rows: g.rows,
+            message: PyArray1::from_vec(py, g.message).into_any().unbind(),
+            seq: PyArray1::from_vec(py, g.seq).into_any().unbind(),
+            span_start: PyArray1::from_vec(py, starts).into_any().unbind(),
+            span_end: PyArray1::from_vec(py, ends).into_any().unbind(),
+            ts: PyArray1::from_vec(py, g.ts).into_any().unbind(),
+            ts_text: g.ts_text,
+            event_id: g.event_id.into_pyobject(py)?.into_any().unbind(),
+            latency: PyArray1::from_vec(py, g.latency).into_any().unbind(),
+            error: PyArray1::from_vec(py, g.error).into_any().unbind(),
+            prediction: column_tuple(py, g.prediction)?,
+            features: features.into_any().unbind(),
+        })
+    }
+}
+
+#[pymethods]
+impl EventGroup {
+    fn __repr__(&self) -> String {
+        format!(
+            "EventGroup(model={:?}, version={:?}, rows={})",
+            self.model, self.version, self.rows
+        )
+    }
+}
+
 // The Python signatures spell the defaults out (so they show in help() and the stubs);
 // they must stay equal to the core's.
 const _: () = assert!(num::DEFAULT_BINS == 1024 && num::DEFAULT_PSI_BINS == 10);
@@ -958,6 +1123,8 @@ fn _drift_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NumericSketch>()?;
     m.add_class::<CategoricalSketch>()?;
     m.add_class::<QuantileSketch>()?;
+    m.add_class::<EventDecoder>()?;
+    m.add_class::<EventGroup>()?;
     m.add_function(wrap_pyfunction!(compare, m)?)?;
     m.add_function(wrap_pyfunction!(compare_many, m)?)?;
     m.add_function(wrap_pyfunction!(update_many, m)?)?;
