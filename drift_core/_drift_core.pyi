@@ -14,6 +14,8 @@ __all__ = [
     "DecodeError",
     "DriftCoreError",
     "DriftlineError",
+    "EventDecoder",
+    "EventGroup",
     "InvalidInputError",
     "NumericReference",
     "NumericSketch",

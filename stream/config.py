@@ -93,8 +93,12 @@ class KafkaConfig(_Strict):
         description="log of the predictions waiting for outcomes (default: <group>.pending)",
     )
     partitions: int = Field(default=4, ge=1)
-    batch_size: int = Field(default=5_000, ge=1, description="events taken per batch")
-    batch_within: float = Field(default=0.5, gt=0, description="seconds to wait for a batch")
+    batch_size: int = Field(
+        default=5_000, ge=1, description="messages fetched at most per poll (handled together)"
+    )
+    batch_within: float = Field(
+        default=0.5, gt=0, description="seconds to wait for every partition's run of a fetch"
+    )
     security: KafkaSecurity = Field(
         default_factory=KafkaSecurity, description="SASL and TLS of every Kafka client"
     )

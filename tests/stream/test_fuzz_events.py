@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import drift_core as dc
 from stream.events import (
     BATCH_SCHEMA,
     EVENT_SCHEMA,
@@ -26,6 +25,9 @@ from stream.events import (
     encode_event,
 )
 from tests.fuzzing import fuzz_settings, watchdog_fixture
+
+if TYPE_CHECKING:
+    from drift_core._drift_core import EventColumn
 
 NOW = 1_795_341_600_000  # 2026-11-22T10:00:00Z
 #: every reason ``decode`` may give (the README's list, less the engine's two)
@@ -61,10 +63,10 @@ def from_columns(columns: Columns) -> list[Event]:
             if keep is not None and not keep[row]:
                 continue
 
-            def value(column: dc.EventColumn, row: int = row) -> float | str | None:
+            def value(column: EventColumn, row: int = row) -> float | str | None:
                 numbers, strings, *_ = column
                 if strings is not None and strings[row] is not None:
-                    return strings[row]
+                    return str(strings[row])
                 return None if math.isnan(numbers[row]) else float(numbers[row])
 
             features = {

@@ -940,6 +940,9 @@ fn same_len(a: &[u64], b: &[u64]) -> PyResult<()> {
 
 // ------------------------------------------------------------------ event decoding
 
+/// (message index, start, end) of a message (-1, -1) or an event the caller decodes.
+type Rejected = (u32, i64, i64);
+
 /// Decodes JSON prediction events (single events and batch envelopes) into columns per
 /// (model, version); what it is not sure of is left to the caller (see `events.rs`).
 #[pyclass(module = "drift_core._drift_core", frozen)]
@@ -985,7 +988,7 @@ impl EventDecoder {
         py: Python<'py>,
         messages: Vec<Bound<'py, PyBytes>>,
         now_ms: Option<i64>,
-    ) -> PyResult<(Vec<EventGroup>, Vec<(u32, i64, i64)>)> {
+    ) -> PyResult<(Vec<EventGroup>, Vec<Rejected>)> {
         let decoded = ev::decode_messages(
             messages.iter().map(|m| m.as_bytes()),
             &self.contract,
