@@ -275,6 +275,9 @@ class EventDecoder:
         """(groups, rejected): accepted events as columns per (model, version), and
         (message index, start, end) of what the caller must decode itself (-1, -1: the
         whole message)."""
+    def spans(self, message: bytes) -> list[tuple[int, int]]:
+        """(start, end) of each event of a message: its envelope's items, or the whole
+        message for a single event; empty for anything else."""
 
 @final
 class EventGroup:
@@ -293,9 +296,8 @@ class EventGroup:
     def seq(self) -> npt.NDArray[np.uint32]:
         """Position of each row among all accepted events of the call."""
     @property
-    def span_start(self) -> npt.NDArray[np.uint32]: ...
-    @property
-    def span_end(self) -> npt.NDArray[np.uint32]: ...
+    def item(self) -> npt.NDArray[np.uint32]:
+        """Position of each row's event in its message (0 for a single event)."""
     @property
     def ts(self) -> npt.NDArray[np.int64]:
         """Event time in epoch ms (0 for rows listed in ``ts_text``)."""

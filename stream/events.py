@@ -265,6 +265,26 @@ def _decode_item(
     _add(out, wire, item, limits, now_ms)
 
 
+class EventBytes:
+    """The bytes of the events of a batch's messages, each message's spans found when
+    first asked for (only dead letters need them)."""
+
+    def __init__(self, values: Sequence[bytes], decoder: dc.EventDecoder) -> None:
+        self.values = values
+        self._decoder = decoder
+        self._spans: dict[int, list[tuple[int, int]]] = {}
+
+    def span(self, message: int, item: int) -> tuple[int, int]:
+        spans = self._spans.get(message)
+        if spans is None:
+            spans = self._spans[message] = self._decoder.spans(self.values[message])
+        return spans[item]
+
+    def __call__(self, message: int, item: int) -> bytes:
+        start, end = self.span(message, item)
+        return self.values[message][start:end]
+
+
 @dataclass
 class Columns:
     """Messages decoded into columns (the worker's path): the accepted events of each
@@ -272,6 +292,7 @@ class Columns:
     accepted (None: all), the invalid events and messages by message index, and the
     events only the exact decoder accepted (rare: e.g. a repeated feature name)."""
 
+    event_bytes: EventBytes
     groups: list[tuple[dc.EventGroup, np.ndarray | None]] = field(default_factory=list)
     invalid: list[tuple[int, Invalid]] = field(default_factory=list)
     events: list[tuple[int, Event]] = field(default_factory=list)
@@ -302,8 +323,9 @@ def decode_columns(
     """Decodes Kafka message values into columns with drift_core's decoder, which accepts
     only what :func:`decode` accepts; what it leaves (invalid or unusual input) is decoded
     here by :func:`decode`, so reasons and dead letters are the same on both paths."""
-    groups, rejected = _column_decoder(limits).decode(values, now_ms)
-    out = Columns()
+    decoder = _column_decoder(limits)
+    groups, rejected = decoder.decode(values, now_ms)
+    out = Columns(EventBytes(values, decoder))
     for group in groups:
         keep = None
         if group.ts_text:  # RFC 3339 text: parsed here, as decode does
@@ -314,8 +336,9 @@ def decode_columns(
                     if keep is None:
                         keep = np.ones(group.rows, dtype=bool)
                     keep[row] = False
-                    start, end = int(group.span_start[row]), int(group.span_end[row])
-                    rejected.append((int(group.message[row]), start, end))
+                    message = int(group.message[row])
+                    start, end = out.event_bytes.span(message, int(group.item[row]))
+                    rejected.append((message, start, end))
                 else:
                     ts[row] = parsed
         out.groups.append((group, keep))

@@ -30,7 +30,7 @@ from alerts.engine import QualityRuleEngine, RuleEngine
 from stream.batching import BatchingTransport, RecordRun
 from stream.config import MonitorConfig, ReferenceStore
 from stream.engine import Outcome, WindowEngine
-from stream.events import Event, Invalid, decode_columns, dlq_record
+from stream.events import Event, EventBytes, Invalid, decode_columns, dlq_record
 from stream.metrics import WorkerMetrics
 from stream.outcomes import (
     Pending,
@@ -163,7 +163,7 @@ class _Rows:
     keep: np.ndarray
     partitions: np.ndarray
     offsets: np.ndarray
-    values: Sequence[bytes]
+    event_bytes: EventBytes
 
     @classmethod
     def of(
@@ -172,16 +172,15 @@ class _Rows:
         keep: np.ndarray | None,
         partitions: np.ndarray,
         offsets: np.ndarray,
-        values: Sequence[bytes],
+        event_bytes: EventBytes,
     ) -> _Rows:
         if keep is None:
             keep = np.ones(group.rows, dtype=bool)
-        return cls(group, keep, partitions[group.message], offsets[group.message], values)
+        return cls(group, keep, partitions[group.message], offsets[group.message], event_bytes)
 
     def raw(self, row: int) -> bytes:
         """The row's event as it arrived (for dead letters)."""
-        g = self.group
-        return self.values[int(g.message[row])][int(g.span_start[row]) : int(g.span_end[row])]
+        return self.event_bytes(int(self.group.message[row]), int(self.group.item[row]))
 
 
 @dataclass
@@ -389,7 +388,9 @@ class Handler:
         dead: list[tuple[int, Invalid]] = list(batch.invalid)
         parts = np.fromiter((p for p, _, _ in taken), dtype=np.int64, count=len(taken))
         offs = np.fromiter((o for _, o, _ in taken), dtype=np.int64, count=len(taken))
-        rows = [_Rows.of(group, keep, parts, offs, values) for group, keep in batch.groups]
+        rows = [
+            _Rows.of(group, keep, parts, offs, batch.event_bytes) for group, keep in batch.groups
+        ]
         # messages the model's saved state already counts (redelivered after a restart)
         last_offsets: dict[tuple[str, int], int] = {}
         for r in rows:

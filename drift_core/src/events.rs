@@ -65,7 +65,10 @@ struct WireEvent<'a> {
 
 enum Message<'a> {
     Event(Box<WireEvent<'a>>),
+    /// An envelope's items, to be parsed one by one.
     Batch(Vec<&'a RawValue>),
+    /// An envelope's items, parsed in the same pass (every one valid).
+    Events(Vec<WireEvent<'a>>),
 }
 
 /// Returned by the message visitor when the first key is not `schema`: the caller looks
@@ -325,10 +328,50 @@ impl<'de> Visitor<'de> for ItemsSeed {
     }
 }
 
-/// A message (or, with `known = Some(Kind::Event)`, one item of an envelope).
+/// An envelope's `events`, each parsed as it is read; any bad one fails the whole array
+/// (the caller then takes the items one by one).
+struct InlineSeed<'c>(&'c Contract);
+
+impl<'de> DeserializeSeed<'de> for InlineSeed<'_> {
+    type Value = Vec<WireEvent<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InlineSeed<'_> {
+    type Value = Vec<WireEvent<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let c = self.0;
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64).min(c.max_events));
+        let item = MessageSeed {
+            contract: c,
+            known: Some(Kind::Event),
+            inline: false,
+        };
+        while let Some(m) = seq.next_element_seed(item.clone())? {
+            if out.len() >= c.max_events {
+                return Err(de::Error::custom("too many events"));
+            }
+            match m {
+                Message::Event(ev) => out.push(*ev),
+                _ => return Err(de::Error::custom("not an event")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A message (or, with `known = Some(Kind::Event)`, one item of an envelope); `inline`
+/// parses an envelope's items in the same pass.
+#[derive(Clone)]
 struct MessageSeed<'c> {
     contract: &'c Contract,
     known: Option<Kind>,
+    inline: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for MessageSeed<'_> {
@@ -365,6 +408,7 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
         let mut schema_seen = false;
         let mut ev = WireEvent::default();
         let mut items: Option<Vec<&'de RawValue>> = None;
+        let mut parsed: Option<Vec<WireEvent<'de>>> = None;
         while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
             if key == "schema" {
                 if schema_seen {
@@ -389,6 +433,9 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
                 return Err(de::Error::custom(NEED_SCHEMA));
             };
             match (k, key.as_ref()) {
+                (Kind::Batch, "events") if self.inline => {
+                    once(&mut parsed, map.next_value_seed(InlineSeed(c))?)?
+                }
                 (Kind::Batch, "events") => {
                     once(&mut items, map.next_value_seed(ItemsSeed(c.max_events))?)?
                 }
@@ -438,9 +485,11 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             return Err(de::Error::custom("no schema"));
         }
         match kind {
-            Some(Kind::Batch) => items
-                .map(Message::Batch)
-                .ok_or_else(|| de::Error::custom("no events")),
+            Some(Kind::Batch) => match (parsed, items) {
+                (Some(events), _) => Ok(Message::Events(events)),
+                (_, Some(items)) => Ok(Message::Batch(items)),
+                _ => Err(de::Error::custom("no events")),
+            },
             _ => {
                 if ev.event_id.is_none() || ev.model.is_none() || ev.ts.is_none() {
                     return Err(de::Error::custom("missing field"));
@@ -489,24 +538,51 @@ impl<'de> Visitor<'de> for SchemaOnly<'_> {
     }
 }
 
-fn parse<'a>(text: &'a str, c: &Contract, known: Option<Kind>) -> Option<Message<'a>> {
+fn parse<'a>(
+    text: &'a str,
+    c: &Contract,
+    known: Option<Kind>,
+    inline: bool,
+) -> Option<Message<'a>> {
+    let seed = |known| MessageSeed {
+        contract: c,
+        known,
+        inline,
+    };
     let mut d = serde_json::Deserializer::from_str(text);
-    let first = MessageSeed { contract: c, known }.deserialize(&mut d);
-    match first {
+    match seed(known).deserialize(&mut d) {
         Ok(m) => d.end().ok().map(|_| m),
         Err(e) if known.is_none() && e.to_string().starts_with(NEED_SCHEMA) => {
             let mut d = serde_json::Deserializer::from_str(text);
             let kind = SchemaOnly(c).deserialize(&mut d).ok()?;
             let mut d = serde_json::Deserializer::from_str(text);
-            let m = MessageSeed {
-                contract: c,
-                known: Some(kind),
-            }
-            .deserialize(&mut d)
-            .ok()?;
+            let m = seed(Some(kind)).deserialize(&mut d).ok()?;
             d.end().ok().map(|_| m)
         }
         Err(_) => None,
+    }
+}
+
+/// Byte ranges of a message's events: its envelope's items, or the whole message for a
+/// single event; empty for anything else.
+pub fn event_spans(raw: &[u8], c: &Contract) -> Vec<(u32, u32)> {
+    let Some(text) = std::str::from_utf8(raw).ok() else {
+        return Vec::new();
+    };
+    match parse(text, c, None, false) {
+        Some(Message::Batch(items)) => {
+            let base = text.as_ptr() as usize;
+            items
+                .iter()
+                .map(|item| {
+                    let body = item.get();
+                    let start = (body.as_ptr() as usize - base) as u32;
+                    (start, start + body.len() as u32)
+                })
+                .collect()
+        }
+        Some(_) => vec![(0, raw.len() as u32)],
+        None => Vec::new(),
     }
 }
 
@@ -589,8 +665,9 @@ pub struct Group {
     pub message: Vec<u32>,
     /// Position of the row among all accepted events of the call (arrival order).
     pub seq: Vec<u32>,
-    /// Byte range of the row's event in its message.
-    pub span: Vec<(u32, u32)>,
+    /// Position of the row's event in its message (0 for a single event; see
+    /// `event_spans` for its bytes).
+    pub item: Vec<u32>,
     /// Event time in epoch ms; rows listed in `ts_text` hold 0 until the caller parses it.
     pub ts: Vec<i64>,
     pub ts_text: Vec<(u32, String)>,
@@ -614,7 +691,7 @@ impl Group {
             rows: 0,
             message: Vec::new(),
             seq: Vec::new(),
-            span: Vec::new(),
+            item: Vec::new(),
             ts: Vec::new(),
             ts_text: Vec::new(),
             event_id: Vec::new(),
@@ -707,56 +784,51 @@ pub fn decode_messages<'a, I: IntoIterator<Item = &'a [u8]>>(
                 continue;
             }
         };
-        match parse(text, contract, None) {
+        let message =
+            parse(text, contract, None, true).or_else(|| parse(text, contract, None, false));
+        let mut add_event = |out: &mut Decoded, ev: WireEvent<'_>, item: u32| {
+            stamp += 1;
+            let added = add(
+                out,
+                &mut lookup,
+                &mut last,
+                ev,
+                (index, item, seq, stamp),
+                contract,
+                now_ms,
+            );
+            if added {
+                seq += 1;
+            }
+            added
+        };
+        match message {
             None => out.rejected.push((index, None)),
             Some(Message::Event(ev)) => {
-                let span = (0, raw.len() as u32);
-                stamp += 1;
-                if !add(
-                    &mut out,
-                    &mut lookup,
-                    &mut last,
-                    *ev,
-                    index,
-                    span,
-                    seq,
-                    stamp,
-                    contract,
-                    now_ms,
-                ) {
+                if !add_event(&mut out, *ev, 0) {
                     out.rejected.push((index, None));
-                } else {
-                    seq += 1;
+                }
+            }
+            Some(Message::Events(events)) => {
+                let mut spans: Option<Vec<(u32, u32)>> = None;
+                for (item, ev) in events.into_iter().enumerate() {
+                    if !add_event(&mut out, ev, item as u32) {
+                        let spans = spans.get_or_insert_with(|| event_spans(raw, contract));
+                        out.rejected.push((index, spans.get(item).copied()));
+                    }
                 }
             }
             Some(Message::Batch(items)) => {
                 let base = text.as_ptr() as usize;
-                for item in items {
-                    let body = item.get();
+                for (item, raw_item) in items.into_iter().enumerate() {
+                    let body = raw_item.get();
                     let start = (body.as_ptr() as usize - base) as u32;
                     let span = (start, start + body.len() as u32);
-                    let ev = match parse(body, contract, Some(Kind::Event)) {
-                        Some(Message::Event(ev)) => ev,
-                        _ => {
-                            out.rejected.push((index, Some(span)));
-                            continue;
-                        }
+                    let added = match parse(body, contract, Some(Kind::Event), false) {
+                        Some(Message::Event(ev)) => add_event(&mut out, *ev, item as u32),
+                        _ => false,
                     };
-                    stamp += 1;
-                    if add(
-                        &mut out,
-                        &mut lookup,
-                        &mut last,
-                        *ev,
-                        index,
-                        span,
-                        seq,
-                        stamp,
-                        contract,
-                        now_ms,
-                    ) {
-                        seq += 1;
-                    } else {
+                    if !added {
                         out.rejected.push((index, Some(span)));
                     }
                 }
@@ -769,19 +841,18 @@ pub fn decode_messages<'a, I: IntoIterator<Item = &'a [u8]>>(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Adds a parsed event to its group's columns; false if it is not acceptable after all.
+/// `at` is (message index, item in the message, arrival position, event serial).
 fn add(
     out: &mut Decoded,
     lookup: &mut HashMap<(String, String), usize>,
     last: &mut Option<usize>,
     ev: WireEvent<'_>,
-    message: u32,
-    span: (u32, u32),
-    seq: u32,
-    stamp: u64,
+    at: (u32, u32, u32, u64),
     c: &Contract,
     now_ms: Option<i64>,
 ) -> bool {
+    let (message, item, seq, stamp) = at;
     let (Some(event_id), Some(model), Some(ts), Some(features)) =
         (ev.event_id, ev.model, ev.ts, ev.features)
     else {
@@ -835,7 +906,7 @@ fn add(
         .push(row, ev.prediction.as_ref().unwrap_or(&Val::Null));
     group.message.push(message);
     group.seq.push(seq);
-    group.span.push(span);
+    group.item.push(item);
     match ts {
         Ts::Ms(t) => group.ts.push(t),
         Ts::Text(text) => {
@@ -911,8 +982,14 @@ mod tests {
         let y = &m.features[m.index["y"]];
         assert!(y.numbers[0].is_nan());
         assert_eq!(y.numbers[1], 2.0);
-        let span = m.span[1];
-        assert!(b[span.0 as usize..span.1 as usize].starts_with("{\"model\""));
+        assert_eq!(m.item, vec![0, 0]);
+        let spans = event_spans(b.as_bytes(), &contract());
+        let (start, end) = spans[0];
+        assert!(b[start as usize..end as usize].starts_with("{\"model\""));
+        assert_eq!(
+            event_spans(a.as_bytes(), &contract()),
+            vec![(0, a.len() as u32)]
+        );
         let n = &d.groups[1];
         assert_eq!(
             (n.version.as_str(), n.ts_text.clone()),

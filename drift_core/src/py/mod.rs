@@ -1010,6 +1010,12 @@ impl EventDecoder {
             .collect::<PyResult<Vec<_>>>()?;
         Ok((groups, rejected))
     }
+
+    /// (start, end) of each event of a message: its envelope's items, or the whole
+    /// message for a single event; empty for anything else.
+    fn spans(&self, message: &[u8]) -> Vec<(u32, u32)> {
+        ev::event_spans(message, &self.contract)
+    }
 }
 
 /// The events of one (model, version) from one `EventDecoder.decode` call, in arrival
@@ -1029,9 +1035,7 @@ struct EventGroup {
     #[pyo3(get)]
     seq: Py<PyAny>,
     #[pyo3(get)]
-    span_start: Py<PyAny>,
-    #[pyo3(get)]
-    span_end: Py<PyAny>,
+    item: Py<PyAny>,
     #[pyo3(get)]
     ts: Py<PyAny>,
     #[pyo3(get)]
@@ -1075,15 +1079,13 @@ impl EventGroup {
             let name = PyString::new(py, &column.name);
             features.set_item(name, column_tuple(py, column)?)?;
         }
-        let (starts, ends): (Vec<u32>, Vec<u32>) = g.span.into_iter().unzip();
         Ok(EventGroup {
             model: g.model,
             version: g.version,
             rows: g.rows,
             message: PyArray1::from_vec(py, g.message).into_any().unbind(),
             seq: PyArray1::from_vec(py, g.seq).into_any().unbind(),
-            span_start: PyArray1::from_vec(py, starts).into_any().unbind(),
-            span_end: PyArray1::from_vec(py, ends).into_any().unbind(),
+            item: PyArray1::from_vec(py, g.item).into_any().unbind(),
             ts: PyArray1::from_vec(py, g.ts).into_any().unbind(),
             ts_text: g.ts_text,
             event_id: g.event_id.into_pyobject(py)?.into_any().unbind(),
