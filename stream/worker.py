@@ -931,8 +931,9 @@ def create_app(config: MonitorConfig, datadir: Path | None = None) -> tuple[faus
         producer_max_request_size=MAX_STATE_BYTES + 65_536,
         # one fetch brings up to a batch of records, delivered in runs per partition
         broker_max_poll_records=kafka.batch_size,
-        # envelopes are large: a fetch of 1 MiB per partition holds only ~1,600 events
-        consumer_max_fetch_size=8 << 20,
+        # envelopes are large: a fetch of 1 MiB per partition holds only ~1,600 events;
+        # 4 MiB keeps up with >200k events/s while a catch-up fetch stays small in memory
+        consumer_max_fetch_size=4 << 20,
     )
     app.batch_topics = frozenset({kafka.events_topic, kafka.outcomes_topic})
     events_topic = app.topic(kafka.events_topic, value_serializer="raw", key_serializer="raw")
