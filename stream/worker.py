@@ -531,7 +531,6 @@ class Handler:
                 n = int(r.keep.sum())
                 running[i] = at[start : start + n]
                 start += n
-        known = None
         latest = 0
         for i, r in enumerate(mine):
             group, keep = r.group, r.keep
@@ -539,8 +538,7 @@ class Handler:
             pick = np.flatnonzero(keep)
             profile = self.engine.profile(model, group.version)
             assert profile is not None
-            if known is None or len(mine) > 1:
-                known = profile.features
+            known = profile.features
             features: dict[str, Any] = {}
             unknown = np.zeros(group.rows, dtype=np.int64)
             for name, (numbers, strings, _, _, present, absent) in group.features.items():
