@@ -54,7 +54,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             except Exception as exc:
                 self.log.warning(f"exception performing seek when flow not active {exc}")
             return
-        runs = {tp: recs for tp, recs in records.items() if tp.topic in batch_topics}
+        runs = {tp: recs for tp, recs in records.items() if tp.topic in batch_topics and recs}
         singles = {tp: recs for tp, recs in records.items() if tp.topic not in batch_topics}
         for tp, record_or_run in self._interleave(runs, singles):
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
