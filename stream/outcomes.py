@@ -250,16 +250,13 @@ class PendingPredictions:
         """Adds the predictions of decoded events (``stream.events.Event``): the worker's
         hot path, packed without intermediate objects; returns the rows written (for the
         store's log)."""
-        head, f64, versions = _HEAD.pack, _F64.pack, self._versions
+        head, f64, version = _HEAD.pack, _F64.pack, self._version
         rows: list[tuple[bytes, bytes]] = []
         for e in events:
             p = e.prediction
             if p is None:
                 continue
-            v = versions.get(e.model_version)
-            if v is None:
-                raw = e.model_version.encode()[:255]
-                v = versions[e.model_version] = bytes([len(raw)]) + raw
+            v = version(e.model_version)
             if isinstance(p, str):
                 value = head(0, _TEXT, e.ts) + v + p.encode()[:1024]
             else:
@@ -271,11 +268,7 @@ class PendingPredictions:
     def put_columns(self, model: str, group: Any, rows: np.ndarray) -> list[tuple[bytes, bytes]]:
         """Adds the predictions of decoded columns (a ``drift_core.EventGroup``) at
         ``rows``: the worker's hot path; returns the rows written (for the store's log)."""
-        version = group.version
-        v = self._versions.get(version)
-        if v is None:
-            raw = version.encode()[:255]
-            v = self._versions[version] = bytes([len(raw)]) + raw
+        v = self._version(group.version)
         numbers, strings, n_numbers, n_strings, _, _ = group.prediction
         if not n_numbers and not n_strings:
             return []
@@ -305,6 +298,14 @@ class PendingPredictions:
                 out.append((key, value))
         self._write(out)
         return out
+
+    def _version(self, version: str) -> bytes:
+        """A model version as stored in a row: its length, then at most 255 bytes."""
+        v = self._versions.get(version)
+        if v is None:
+            raw = version.encode()[:255]
+            v = self._versions[version] = bytes([len(raw)]) + raw
+        return v
 
     def _write(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
         if self._mem is not None:
